@@ -1,0 +1,1 @@
+"""apiframe-async."""
