@@ -1,0 +1,298 @@
+"""`AsyncApiframe`: the client, an async context manager around one `httpx.AsyncClient`."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from importlib.metadata import version
+from types import TracebackType
+from typing import Any, Self, overload
+
+import attrs
+import httpx
+
+from ._errors import RequestValidationError
+from ._http import ACCOUNT, FETCH, GENERATE, Sender, TimeoutTypes
+from ._models import Account, AspectRatio, GenerateRequest, Generation, Task
+from ._retry import RetryPolicy
+from ._waiting import PollPolicy, checked, poll_until_terminal
+from ._wire import Wire
+
+DEFAULT_BASE_URL = "https://api.apiframe.pro"
+
+#: A synchronous generation keeps the request open while the photos are made, so the read
+#: timeout is minutes; connecting is quick or it is not happening.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=360.0, write=60.0, pool=60.0)
+
+#: Requests in flight at once across every entry point of one client.
+DEFAULT_MAX_CONCURRENCY = 64
+
+_USER_AGENT = f"apiframe-async/{version('apiframe-async')} httpx/{httpx.__version__}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_base_url(base_url: str, *, allow_insecure: bool) -> str:
+    url = httpx.URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise RequestValidationError(
+            "base_url", f"{base_url!r} is not an http(s) URL", allowed="https://host[/path]"
+        )
+    if url.scheme == "http" and not allow_insecure and not _is_loopback(url.host):
+        raise RequestValidationError(
+            "base_url",
+            f"{base_url!r} would send the API key unencrypted",
+            allowed="https URLs, http on loopback, or allow_insecure=True",
+        )
+    return base_url
+
+
+def _default_transport(max_concurrency: int) -> httpx.AsyncBaseTransport:
+    limits = httpx.Limits(
+        max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+    )
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
+class AsyncApiframe:
+    """The APIFRAME AI Photos client. Use it as an async context manager.
+
+    It owns one `httpx.AsyncClient`, or borrows the one you pass (and then leaves it open).
+    Every request it sends, from any method, shares one concurrency limit, one retry policy
+    and the pause a 429 asks for.
+
+    Example:
+        ```python
+        async with AsyncApiframe() as client:  # the key from APIFRAME_API_KEY
+            gen = await client.generate(
+                training_id="3492deb6-...", prompt="a portrait of TOKMSN man in a suit"
+            )
+            print(gen.image_urls)
+        ```
+
+    Args:
+        api_key: The APIFRAME key; defaults to `$APIFRAME_API_KEY`. Sent raw in the
+            `Authorization` header, never logged, never in a repr or an error.
+        base_url: Defaults to `$APIFRAME_BASE_URL`, then to the borrowed client's base
+            URL, then to `https://api.apiframe.pro`. Plain http is refused except on
+            loopback, unless `allow_insecure=True`.
+        timeout: Seconds for every phase, or an `httpx.Timeout`. The default allows six
+            minutes for the reply, since a generation answers only when it is done.
+        max_retries: Retries per request (see `RetryPolicy` for what is retried).
+        retry: The whole retry policy; `max_retries`, when given, overrides its count.
+        poll: How tasks are polled while they run.
+        max_concurrency: Requests in flight at once, across every entry point.
+        http_client: An `httpx.AsyncClient` to use instead of our own; keep its connection
+            limit at or above `max_concurrency`, or requests queue in its pool.
+        allow_insecure: Allow a non-loopback plain-http `base_url`.
+
+    Raises:
+        RequestValidationError: No key given or in the environment, or a bad `base_url`.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        http_client: httpx.AsyncClient | None = None,
+        allow_insecure: bool = False,
+    ) -> None:
+        """Configure the client; no I/O happens until the first request."""
+        key = api_key if api_key is not None else os.environ.get("APIFRAME_API_KEY")
+        if not key:
+            raise RequestValidationError(
+                "api_key",
+                "no API key given and APIFRAME_API_KEY is not set",
+                allowed="AsyncApiframe(api_key=...) or the APIFRAME_API_KEY variable",
+            )
+        if max_concurrency < 1:
+            raise RequestValidationError(
+                "max_concurrency", f"{max_concurrency!r} is not valid", allowed="int >= 1"
+            )
+        borrowed_base = str(http_client.base_url).rstrip("/") if http_client is not None else ""
+        base = base_url or os.environ.get("APIFRAME_BASE_URL") or borrowed_base or DEFAULT_BASE_URL
+        policy = retry or RetryPolicy()
+        if max_retries is not None:
+            policy = attrs.evolve(policy, max_retries=max_retries)
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._owns_http_client = http_client is None
+        self._http_client = http_client or httpx.AsyncClient(
+            transport=_default_transport(max_concurrency), timeout=self._timeout
+        )
+        self._sender = Sender(
+            self._http_client,
+            api_key=key,
+            base_url=_checked_base_url(base, allow_insecure=allow_insecure),
+            timeout=self._timeout,
+            retry=policy,
+            max_concurrency=max_concurrency,
+            user_agent=_USER_AGENT,
+        )
+        self._wire = Wire()
+        self._poll = poll or PollPolicy()
+
+    def __repr__(self) -> str:
+        """Name the server, never the key."""
+        return f"<AsyncApiframe base_url={self._sender.base_url!r}>"
+
+    async def __aenter__(self) -> Self:
+        """Enter the client's lifetime; it is closed when the block ends."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the client (the HTTP client too, unless it was borrowed)."""
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this client created it; a borrowed one stays open."""
+        if self._owns_http_client:
+            await self._http_client.aclose()
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL."""
+        return self._sender.base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        """The client-wide bound on requests in flight."""
+        return self._sender.max_concurrency
+
+    @overload
+    async def generate(
+        self, request: GenerateRequest, /, *, timeout: TimeoutTypes = None
+    ) -> Generation: ...
+
+    @overload
+    async def generate(
+        self,
+        request: None = None,
+        /,
+        *,
+        training_id: str,
+        prompt: str,
+        aspect_ratio: AspectRatio | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        number_of_images: int | None = None,
+        seed: int | None = None,
+        timeout: TimeoutTypes = None,
+    ) -> Generation: ...
+
+    async def generate(
+        self,
+        request: GenerateRequest | None = None,
+        /,
+        *,
+        timeout: TimeoutTypes = None,
+        **fields: Any,
+    ) -> Generation:
+        """Generate photos of a trained subject from a prompt; costs a credit per photo.
+
+        Takes a `GenerateRequest`, or its fields as keywords. The input is validated
+        before anything is sent. If the server answers before the photos are ready, the
+        task is polled until it finishes (see `PollPolicy`).
+
+        Example:
+            ```python
+            gen = await client.generate(
+                training_id=trained.task_id,
+                prompt="a portrait of TOKMSN man in a suit",
+                aspect_ratio="custom", width=1024, height=1536, number_of_images=2,
+            )
+            ```
+
+        Raises:
+            RequestValidationError: A field broke a rule (nothing was sent).
+            APITimeoutError: No reply in time. The generation may have been submitted and
+                charged, so it is not retried; `may_have_been_submitted` says which.
+            TaskFailedError: The generation failed; carries the server's reason.
+            APIStatusError: The server refused (400, 401, 429 past the retries, ...).
+        """
+        if request is None:
+            request = _request_from_fields(fields)
+        elif fields:
+            raise RequestValidationError(
+                next(iter(fields)),
+                "cannot be combined with a GenerateRequest",
+                allowed="a GenerateRequest or keyword fields, not both",
+            )
+        return await self._generate(request, timeout=timeout)
+
+    async def _generate(
+        self, request: GenerateRequest, *, timeout: TimeoutTypes = None
+    ) -> Generation:
+        reply = await self._sender.call(
+            GENERATE, self._wire.generate_body(request), timeout=timeout
+        )
+        task = self._wire.task(reply.data, body=reply.text)
+        task = checked(task) if task.is_terminal else await self.wait(task.task_id)
+        return self._wire.generation(task)
+
+    async def fetch(self, task_id: str, *, timeout: TimeoutTypes = None) -> Task:
+        """The current state of a task, whichever endpoint created it.
+
+        Raises:
+            RequestValidationError: `task_id` is empty.
+            NotFoundError: The server knows no such task.
+        """
+        _check_task_id(task_id)
+        reply = await self._sender.call(
+            FETCH, {"task_id": task_id}, timeout=timeout, task_id=task_id
+        )
+        return self._wire.task(reply.data, task_id=task_id, body=reply.text)
+
+    async def wait(self, task_id: str, *, deadline: float | None = None) -> Task:
+        """Poll a task until it ends and return it finished.
+
+        Raises:
+            TaskFailedError: The task failed; carries the server's reason.
+            TaskTimeoutError: `deadline` seconds (default `PollPolicy.deadline`) passed;
+                the task goes on, and waiting again picks it up.
+        """
+        _check_task_id(task_id)
+        return await poll_until_terminal(task_id, self.fetch, self._poll, deadline=deadline)
+
+    async def account(self, *, timeout: TimeoutTypes = None) -> Account:
+        """The account behind the key: email, credits left, images made, plan."""
+        reply = await self._sender.call(ACCOUNT, timeout=timeout)
+        return self._wire.structure(reply.data, Account, body=reply.text)
+
+
+_GENERATE_FIELDS = tuple(f.name for f in attrs.fields(GenerateRequest))
+
+
+def _request_from_fields(fields: dict[str, Any]) -> GenerateRequest:
+    for name in fields.keys() - _GENERATE_FIELDS:
+        raise RequestValidationError(
+            name, "is not a field of a generation", allowed=", ".join(_GENERATE_FIELDS)
+        )
+    for name in ("training_id", "prompt"):
+        if name not in fields:
+            raise RequestValidationError(name, "is required", allowed="non-empty str")
+    return GenerateRequest(**fields)
+
+
+def _check_task_id(task_id: object) -> None:
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise RequestValidationError(
+            "task_id", f"must be a non-empty string, got {task_id!r}", allowed="a task id (str)"
+        )

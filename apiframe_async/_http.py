@@ -1,0 +1,209 @@
+"""The one I/O seam: a JSON request to an endpoint, and its reply or our typed error.
+
+Everything around it (validation, the wire format, retry decisions) is pure. Here live the
+three things every request shares, whichever entry point sent it: the API key header, the
+client-wide concurrency limit, and the pause every request honours after a 429 with
+`Retry-After`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any, Final
+
+import anyio
+import attrs
+import httpx
+
+from ._errors import APIConnectionError, APITimeoutError, RateLimitError, ResponseValidationError
+from ._retry import RetryPolicy, call_with_retries
+from ._status import status_error
+
+logger = logging.getLogger("apiframe_async")
+
+#: A per-call timeout: seconds for every phase, an `httpx.Timeout`, or None for the client's.
+TimeoutTypes = float | httpx.Timeout | None
+
+# Failures that prove no byte of the request reached the server.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+@attrs.frozen
+class Endpoint:
+    """One API endpoint, and whether its work costs money (then it is never resent blindly)."""
+
+    method: str
+    path: str
+    paid: bool
+
+
+GENERATE: Final = Endpoint("POST", "/ai-photo-generate", paid=True)
+UPLOAD: Final = Endpoint("POST", "/ai-photo-upload", paid=True)
+TRAIN: Final = Endpoint("POST", "/ai-photo-train", paid=True)
+FETCH: Final = Endpoint("POST", "/fetch", paid=False)
+FETCH_MANY: Final = Endpoint("POST", "/fetch-many", paid=False)
+ACCOUNT: Final = Endpoint("GET", "/account", paid=False)
+
+
+@attrs.frozen
+class Reply:
+    """A successful reply: the decoded JSON, and the response it came from."""
+
+    data: Any
+    response: httpx.Response
+
+    @property
+    def text(self) -> str:
+        """The body as text, for the context of an error found later."""
+        return self.response.text
+
+
+class Sender:
+    """Sends JSON requests through one `httpx.AsyncClient` with auth, limits and retries."""
+
+    def __init__(
+        self,
+        http_client: httpx.AsyncClient,
+        *,
+        api_key: str,
+        base_url: str,
+        timeout: httpx.Timeout,
+        retry: RetryPolicy,
+        max_concurrency: int,
+        user_agent: str,
+    ) -> None:
+        """Bind the seam to a client; `api_key` goes only into the `Authorization` header."""
+        self._client = http_client
+        self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self.retry = retry
+        self.max_concurrency = max_concurrency
+        self._headers = {
+            "Authorization": api_key,
+            "Accept": "application/json",
+            "User-Agent": user_agent,
+        }
+        self._urls: dict[str, httpx.URL] = {}
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._resume_at = 0.0
+
+    def __repr__(self) -> str:
+        """Name the server, never the key."""
+        return f"<Sender {self._base_url}>"
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._base_url
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """The client-wide bound on requests in flight, shared by every entry point."""
+        # Created on first use: an anyio limiter belongs to the running event loop.
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.max_concurrency)
+        return self._limiter
+
+    async def call(
+        self,
+        endpoint: Endpoint,
+        body: object = None,
+        *,
+        timeout: TimeoutTypes = None,
+        task_id: str | None = None,
+    ) -> Reply:
+        """Send `body` to `endpoint` with this client's retry rules; return the reply."""
+        content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
+
+        async def attempt() -> Reply:
+            return await self.send_once(endpoint, content, timeout=timeout, task_id=task_id)
+
+        return await call_with_retries(self.retry, attempt, paid=endpoint.paid)
+
+    async def send_once(
+        self,
+        endpoint: Endpoint,
+        content: bytes | None,
+        *,
+        timeout: TimeoutTypes = None,
+        task_id: str | None = None,
+    ) -> Reply:
+        """One attempt, no retry: wait out any 429 pause, then send within the limit."""
+        await self._wait_for_rate_limit()
+        request = self._build(endpoint, content, timeout)
+        method, url = endpoint.method, str(request.url)
+        async with self.limiter:
+            try:
+                response = await self._client.send(request)
+            except httpx.TimeoutException as exc:
+                raise APITimeoutError(
+                    f"timed out: {type(exc).__name__}",
+                    method=method,
+                    url=url,
+                    may_have_been_submitted=not isinstance(exc, _NOT_SENT),
+                ) from exc
+            except httpx.TransportError as exc:
+                raise APIConnectionError(
+                    f"connection failed: {type(exc).__name__}: {exc}",
+                    method=method,
+                    url=url,
+                    may_have_been_submitted=not isinstance(exc, _NOT_SENT),
+                ) from exc
+        logger.debug("%s %s -> %d", method, url, response.status_code)
+        if response.is_success:
+            return Reply(_decode(response, method, url), response)
+        error = status_error(response, method=method, url=url, task_id=task_id)
+        if isinstance(error, RateLimitError):
+            self._pause_for(error.retry_after)
+        raise error
+
+    def _url(self, path: str) -> httpx.URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._base_url + path)
+        return url
+
+    def _build(
+        self,
+        endpoint: Endpoint,
+        content: bytes | None,
+        timeout: TimeoutTypes,
+    ) -> httpx.Request:
+        headers = self._headers
+        if content is not None:
+            headers = {**headers, "Content-Type": "application/json"}
+        return self._client.build_request(
+            endpoint.method,
+            self._url(endpoint.path),
+            content=content,
+            headers=headers,
+            timeout=self._timeout if timeout is None else timeout,
+        )
+
+    def _pause_for(self, retry_after: float | None) -> None:
+        if retry_after and math.isfinite(retry_after) and retry_after <= self.retry.max_retry_after:
+            self._resume_at = max(self._resume_at, time.monotonic() + retry_after)
+
+    async def _wait_for_rate_limit(self) -> None:
+        # A 429 with Retry-After holds back every request of this client, not only the one
+        # that got it: the server's limit is per key, so everyone else would get 429 too.
+        delay = self._resume_at - time.monotonic()
+        if delay > 0:
+            await anyio.sleep(delay)
+
+
+def _decode(response: httpx.Response, method: str, url: str) -> Any:  # noqa: ANN401
+    try:
+        return json.loads(response.content)
+    except ValueError as exc:
+        problem = "empty body" if not response.content else f"not JSON ({exc})"
+        content_type = response.headers.get("content-type", "none")
+        raise ResponseValidationError(
+            [f"$: {problem}, content-type {content_type}"],
+            body=response.text,
+            method=method,
+            url=url,
+        ) from exc

@@ -1,0 +1,103 @@
+"""When a failed request is tried again, and how long to wait first.
+
+Retries run on tenacity (`AsyncRetrying`, with anyio's sleep so they work on trio too). We
+chose it over stamina because the rules here need two things stamina does not give: full
+jitter (tenacity's `wait_random_exponential`), and a wait that the server's `Retry-After`
+replaces, per attempt.
+
+The rules, money first:
+
+- A paid request (generate, upload, train) is retried only when it provably never reached
+  the server: the connection could not be made, or the answer was 429 or 503. Never after
+  a read timeout or a connection dropped mid-request: the work may have been done and
+  charged, so the caller gets an error that says so.
+- A free request (fetch, fetch-many, account) is also retried after timeouts, dropped
+  connections, 408 and any 5xx.
+- A `Retry-After` longer than `RetryPolicy.max_retry_after` is not waited out: the
+  `RateLimitError` is raised, carrying `retry_after`, for the caller to decide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+import attrs
+import tenacity
+
+from ._errors import APIConnectionError, APIStatusError, RateLimitError
+
+T = TypeVar("T")
+
+logger = logging.getLogger("apiframe_async")
+
+# 429 and 503 mean the request was turned away before any work was done: safe even when paid.
+_RETRYABLE_STATUS_PAID = frozenset({429, 503})
+_RETRYABLE_STATUS_FREE = frozenset({408, 429})
+_SERVER_ERRORS = 500
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How requests are retried. Immutable; pass one to `AsyncApiframe(retry=...)`.
+
+    Attributes:
+        max_retries: Retries after the first attempt (0 disables retrying).
+        initial_backoff: Upper bound, in seconds, of the first random wait.
+        max_backoff: Cap on any wait computed by backoff (not on `Retry-After`).
+        max_retry_after: The longest `Retry-After` waited out; above it, the
+            `RateLimitError` is raised with `retry_after` set.
+    """
+
+    max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    initial_backoff: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    max_backoff: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    _full_jitter: tenacity.wait.wait_base = attrs.field(init=False, repr=False, eq=False)
+
+    @_full_jitter.default
+    def _make_full_jitter(self) -> tenacity.wait.wait_base:
+        return tenacity.wait_random_exponential(
+            multiplier=self.initial_backoff, max=self.max_backoff
+        )
+
+    def should_retry(self, exc: BaseException, *, paid: bool) -> bool:
+        """Whether `exc` from a request (paid or free) may be retried under these rules."""
+        if isinstance(exc, RateLimitError) and (exc.retry_after or 0) > self.max_retry_after:
+            return False
+        if isinstance(exc, APIConnectionError):
+            return not (paid and exc.may_have_been_submitted)
+        if isinstance(exc, APIStatusError):
+            allowed = _RETRYABLE_STATUS_PAID if paid else _RETRYABLE_STATUS_FREE
+            return exc.status_code in allowed or (not paid and exc.status_code >= _SERVER_ERRORS)
+        return False
+
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        """Seconds to wait before the next attempt: `Retry-After` if sent, else full jitter."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+            return exc.retry_after
+        return self._full_jitter(state)
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    logger.info("retrying in %.2f s (attempt %d failed: %s)", wait, state.attempt_number, exc)
+
+
+async def call_with_retries(
+    policy: RetryPolicy, call: Callable[[], Awaitable[T]], *, paid: bool
+) -> T:
+    """Run `call` until it succeeds, or fails in a way the policy does not retry."""
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(policy.max_retries + 1),
+        wait=policy.wait,
+        retry=tenacity.retry_if_exception(lambda exc: policy.should_retry(exc, paid=paid)),
+        sleep=anyio.sleep,
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    return await retrying(call)

@@ -1,0 +1,195 @@
+"""The wire format: how domain classes become JSON bodies and replies become domain classes.
+
+One private cattrs converter, built by `make_converter()`, never the global one. It is strict
+about types (a `None` never becomes `'None'`, `2.9` never becomes `2`) and lenient about
+keys it does not know, which it keeps in each result's `extra`. A reply that does not fit
+raises `ResponseValidationError` with the path of each problem; no cattrs exception escapes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ._errors import ResponseValidationError
+from ._models import Account, GenerateRequest, Generation, Task, TaskStatus
+
+T = TypeVar("T")
+
+
+def _strict_str(value: object, _: object = None) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: object, _: object = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_bool(value: object, _: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _strict_float(value: object, _: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _percentage(value: object, _: object) -> int | None:
+    # The API sends "40" while a training runs and 100 once it is finished.
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return round(float(value))
+        except ValueError:
+            raise ValueError(f"expected a number or a numeric string, got {value!r}") from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return round(value)
+    raise TypeError(f"expected a number or a numeric string, got {type(value).__name__}")
+
+
+def _datetime(value: object, _: object) -> dt.datetime:
+    return dt.datetime.fromisoformat(_strict_str(value))
+
+
+def _status(value: object, _: object) -> TaskStatus:
+    return TaskStatus(_strict_str(value))
+
+
+def _int_to_wire_string(value: int) -> str:
+    return str(value)
+
+
+def _keeping_extra(
+    cls: type[T],
+    converter: cattrs.Converter,
+    **overrides: Any,  # noqa: ANN401
+) -> Callable[[Any, Any], T]:
+    """A structure hook for `cls` that collects unknown keys into its `extra` field."""
+    structure_known = make_dict_structure_fn(
+        cls,
+        converter,
+        _cattrs_forbid_extra_keys=converter.forbid_extra_keys,
+        extra=override(omit=True),
+        **overrides,
+    )
+    known = frozenset(a.name for a in attrs.fields(cls)) - {"extra"}  # type: ignore[arg-type]
+
+    def structure(value: Any, _: Any) -> T:  # noqa: ANN401
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+        result: T = structure_known(value, cls)
+        extra = {k: v for k, v in value.items() if k not in known}
+        return attrs.evolve(result, extra=extra) if extra else result  # type: ignore[misc]
+
+    return structure
+
+
+def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
+    """Build the converter between the domain classes and the API's JSON.
+
+    Args:
+        forbid_extra_keys: Refuse replies with keys the models do not know. Off in the
+            library (servers add fields); on in tests, so fixtures that drift from the
+            models fail loudly.
+    """
+    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=forbid_extra_keys)
+    # Primitive hooks first: generated class hooks look these up once and cache them.
+    converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(bool, _strict_bool)
+    converter.register_structure_hook(float, _strict_float)
+    converter.register_structure_hook(TaskStatus, _status)
+    converter.register_structure_hook(dt.datetime, _datetime)
+
+    as_string = override(unstruct_hook=_int_to_wire_string)
+    converter.register_unstructure_hook(
+        GenerateRequest,
+        make_dict_unstructure_fn(
+            GenerateRequest,
+            converter,
+            _cattrs_omit_if_default=True,
+            width=as_string,
+            height=as_string,
+            number_of_images=as_string,
+        ),
+    )
+    percentage = override(struct_hook=_percentage)
+    for cls, overrides in (
+        (Task, {"percentage": percentage}),
+        (Account, {}),
+    ):
+        converter.register_structure_hook(cls, _keeping_extra(cls, converter, **overrides))
+    return converter
+
+
+class Wire:
+    """Turns requests into bodies and replies into results with one converter.
+
+    Every structuring error becomes a `ResponseValidationError` listing each problem with
+    its path (`$.image_urls[0]: expected a string, got int`).
+    """
+
+    def __init__(self, converter: cattrs.Converter | None = None) -> None:
+        """Use `converter`, or the library's lenient one."""
+        self._converter = converter or make_converter()
+
+    def generate_body(self, request: GenerateRequest) -> dict[str, Any]:
+        """The JSON body of `/ai-photo-generate`: set fields only, numbers as strings."""
+        body: dict[str, Any] = self._converter.unstructure(request)
+        return body
+
+    def structure(self, data: object, cls: type[T], *, body: str = "") -> T:
+        """Build `cls` from a decoded reply, or raise `ResponseValidationError`."""
+        try:
+            return self._converter.structure(data, cls)
+        except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+            raise ResponseValidationError(_problems(exc), body=body or repr(data)) from exc
+
+    def task(self, data: object, *, task_id: str | None = None, body: str = "") -> Task:
+        """A `Task` from a reply; `task_id` fills in when the reply leaves it out."""
+        if task_id is not None and isinstance(data, Mapping) and "task_id" not in data:
+            data = {**data, "task_id": task_id}
+        return self.structure(data, Task, body=body)
+
+    def generation(self, task: Task) -> Generation:
+        """The `Generation` view of a finished generation task."""
+        return Generation(
+            task_id=task.task_id,
+            status=task.status or TaskStatus.FINISHED,
+            image_urls=task.image_urls,
+            task_type=task.task_type,
+            extra=task.extra,
+        )
+
+
+def _problems(exc: Exception) -> list[str]:
+    if isinstance(exc, cattrs.BaseValidationError):
+        lines = cattrs.transform_error(exc, path="$", format_exception=_describe)
+        return [_readable(line) for line in lines]
+    return [f"$: {exc}"]
+
+
+def _describe(exc: BaseException, type_: type | None) -> str:
+    # Our hooks' messages say what was expected and what came; cattrs' default drops them.
+    if isinstance(exc, TypeError | ValueError) and str(exc).startswith("expected"):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _readable(line: str) -> str:
+    # cattrs says "message @ $.path"; "$.path: message" reads better at the start of a line.
+    message, sep, path = line.rpartition(" @ ")
+    return f"{path}: {message}" if sep else line
