@@ -29,6 +29,7 @@ from ._errors import (
     TaskFailedError,
     TaskTimeoutError,
 )
+from ._fanout import BulkJob, Outcome, Progress, RequestLike
 from ._models import (
     ASPECT_RATIOS,
     Account,
@@ -57,12 +58,16 @@ __all__ = [
     "AsyncApiframe",
     "AuthenticationError",
     "BadRequestError",
+    "BulkJob",
     "GenerateRequest",
     "Generation",
     "NotFoundError",
+    "Outcome",
     "PermissionDeniedError",
     "PollPolicy",
+    "Progress",
     "RateLimitError",
+    "RequestLike",
     "RequestTimeoutError",
     "RequestValidationError",
     "ResponseValidationError",

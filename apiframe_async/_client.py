@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import AsyncIterable, Callable, Iterable
 from importlib.metadata import version
 from types import TracebackType
 from typing import Any, Self, overload
@@ -12,6 +13,7 @@ import attrs
 import httpx
 
 from ._errors import RequestValidationError
+from ._fanout import BulkJob, Outcome, Progress, RequestLike, as_request
 from ._http import ACCOUNT, FETCH, GENERATE, Sender, TimeoutTypes
 from ._models import Account, AspectRatio, GenerateRequest, Generation, Task
 from ._retry import RetryPolicy
@@ -228,7 +230,7 @@ class AsyncApiframe:
             APIStatusError: The server refused (400, 401, 429 past the retries, ...).
         """
         if request is None:
-            request = _request_from_fields(fields)
+            request = as_request(fields)
         elif fields:
             raise RequestValidationError(
                 next(iter(fields)),
@@ -246,6 +248,98 @@ class AsyncApiframe:
         task = self._wire.task(reply.data, body=reply.text)
         task = checked(task) if task.is_terminal else await self.wait(task.task_id)
         return self._wire.generation(task)
+
+    def generate_many(
+        self,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        concurrency: int = 16,
+        ordered: bool = False,
+        fail_fast: bool = False,
+        adaptive: bool = True,
+        on_progress: Callable[[Progress], object] | None = None,
+    ) -> BulkJob[Generation]:
+        """Generate for many requests at once: bounded, lazy, streaming, cancel-safe.
+
+        Use the result as an async context manager and iterate over it for one `Outcome`
+        per request. At most `concurrency` generations are in flight (and never more than
+        the client's `max_concurrency` across all its calls); the input, a list or an
+        endless generator, sync or async, is read only as fast as the work goes.
+
+        Example:
+            ```python
+            requests = (GenerateRequest(training_id=tid, prompt=p) for p in prompts)
+            async with client.generate_many(requests, concurrency=16) as outcomes:
+                async for outcome in outcomes:
+                    if outcome.ok:
+                        save(outcome.request, outcome.result.image_urls)
+                    else:
+                        log(outcome.request, outcome.error)
+            ```
+
+        Args:
+            requests: `GenerateRequest`s, or mappings of their fields; an invalid one
+                becomes a failed outcome (with `RequestValidationError`).
+            concurrency: The most generations in flight at once for this job.
+            ordered: Yield outcomes in input order (a bounded buffer holds early ones)
+                instead of as they complete.
+            fail_fast: Raise the first error (cancelling the rest) instead of yielding it
+                as an outcome. With a list or tuple, every request is validated before
+                any is sent.
+            adaptive: Halve the requests in flight when the server pushes back (429,
+                503) and grow back by one per window of successes, up to `concurrency`.
+                Requests turned away that way are tried again, as they cost nothing.
+            on_progress: Called with the job's `Progress` each time a request ends.
+
+        Raises:
+            RequestValidationError: `concurrency` is not within 1 to `max_concurrency`.
+        """
+        if not 1 <= concurrency <= self.max_concurrency:
+            raise RequestValidationError(
+                "concurrency",
+                f"{concurrency} is out of range for this client",
+                allowed=f"1 to max_concurrency={self.max_concurrency} (set on AsyncApiframe)",
+            )
+        if fail_fast and isinstance(requests, list | tuple):
+            requests = [as_request(item) for item in requests]
+        return BulkJob(
+            requests,
+            self._generate,
+            concurrency=concurrency,
+            ordered=ordered,
+            fail_fast=fail_fast,
+            adaptive=adaptive,
+            on_progress=on_progress,
+        )
+
+    async def generate_all(
+        self,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        concurrency: int = 16,
+        fail_fast: bool = False,
+        adaptive: bool = True,
+    ) -> list[Outcome[Generation]]:
+        """Run `generate_many()` to the end; the outcomes come back in input order.
+
+        For small jobs: all outcomes are held in memory. For large ones, iterate over
+        `generate_many()` instead.
+
+        Example:
+            ```python
+            outcomes = await client.generate_all(requests, concurrency=8)
+            photos = [o.result.image_urls for o in outcomes if o.ok]
+            ```
+        """
+        job = self.generate_many(
+            requests,
+            concurrency=concurrency,
+            ordered=True,
+            fail_fast=fail_fast,
+            adaptive=adaptive,
+        )
+        async with job as outcomes:
+            return [outcome async for outcome in outcomes]
 
     async def fetch(self, task_id: str, *, timeout: TimeoutTypes = None) -> Task:
         """The current state of a task, whichever endpoint created it.
@@ -275,20 +369,6 @@ class AsyncApiframe:
         """The account behind the key: email, credits left, images made, plan."""
         reply = await self._sender.call(ACCOUNT, timeout=timeout)
         return self._wire.structure(reply.data, Account, body=reply.text)
-
-
-_GENERATE_FIELDS = tuple(f.name for f in attrs.fields(GenerateRequest))
-
-
-def _request_from_fields(fields: dict[str, Any]) -> GenerateRequest:
-    for name in fields.keys() - _GENERATE_FIELDS:
-        raise RequestValidationError(
-            name, "is not a field of a generation", allowed=", ".join(_GENERATE_FIELDS)
-        )
-    for name in ("training_id", "prompt"):
-        if name not in fields:
-            raise RequestValidationError(name, "is required", allowed="non-empty str")
-    return GenerateRequest(**fields)
 
 
 def _check_task_id(task_id: object) -> None:

@@ -1,0 +1,334 @@
+"""Bounded, lazy, streaming fan-out of generations: `generate_many()` and its parts.
+
+How the bounds hold:
+
+- A fixed set of `concurrency` worker tasks pulls requests from the input one at a time,
+  so no task exists per input item and the input is read lazily.
+- A window semaphore is taken before an item is pulled and given back only when its
+  outcome has been handed to the caller. Items pulled, in flight and waiting to be read
+  therefore never exceed the window, whatever the input's size and however slowly the
+  caller reads: memory is O(concurrency), ordered or not.
+- Under pressure (429, 503) an adaptive limit halves the requests in flight, then grows
+  back by one per window of successes, never above `concurrency`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._errors import ApiframeError, RateLimitError, RequestValidationError, ServerError
+from ._models import GenerateRequest
+
+logger = logging.getLogger("apiframe_async")
+
+T = TypeVar("T")
+
+RequestLike = GenerateRequest | Mapping[str, Any]
+"""A `GenerateRequest`, or a mapping of its fields (as read from JSON lines)."""
+
+_SERVICE_UNAVAILABLE = 503
+_FIELDS = tuple(f.name for f in attrs.fields(GenerateRequest))
+
+
+@attrs.frozen(kw_only=True)
+class Outcome(Generic[T]):
+    """What became of one request of a bulk job: its result or its error, never both.
+
+    Attributes:
+        index: The request's position in the input, from 0.
+        request: The request as it was given (a mapping, if that is what came).
+        result: The result, when the request succeeded.
+        error: The typed error, when it failed.
+    """
+
+    index: int
+    request: RequestLike
+    result: T | None = None
+    error: ApiframeError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request succeeded."""
+        return self.error is None
+
+    def unwrap(self) -> T:
+        """The result, or the error raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None  # noqa: S101 -- one of the two is always set
+        return self.result
+
+
+@attrs.define
+class Progress:
+    """Live counters of a bulk job, for a progress bar. Read it while the job runs.
+
+    Attributes:
+        submitted: Requests pulled from the input and started.
+        succeeded: Requests that ended with a result.
+        failed: Requests that ended with an error.
+        in_flight: Requests started and not yet ended.
+        concurrency: The adaptive limit's current value.
+    """
+
+    submitted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    concurrency: int = 0
+
+    @property
+    def done(self) -> int:
+        """Requests that ended, either way."""
+        return self.succeeded + self.failed
+
+
+class AdaptiveLimit:
+    """An AIMD bound on requests in flight: halve on overload, grow by one per window.
+
+    Disabled, it is a plain fixed limit of `ceiling`.
+    """
+
+    def __init__(self, ceiling: int, *, adaptive: bool) -> None:
+        """Start at `ceiling`, the caller's concurrency, which it never exceeds."""
+        self._limiter = anyio.CapacityLimiter(ceiling)
+        self._ceiling = ceiling
+        self._adaptive = adaptive
+        self._successes = 0
+
+    @property
+    def current(self) -> int:
+        """The limit now in force."""
+        return int(self._limiter.total_tokens)
+
+    async def __aenter__(self) -> None:
+        """Wait for room under the current limit."""
+        await self._limiter.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Give the room back."""
+        self._limiter.release()
+
+    def record(self, error: ApiframeError | None) -> None:
+        """Adapt to the outcome of one request."""
+        if not self._adaptive:
+            return
+        if _is_overload(error):
+            self._successes = 0
+            if self.current > 1:
+                self._limiter.total_tokens = max(1, self.current // 2)
+                logger.info("server overloaded: concurrency lowered to %d", self.current)
+        elif error is None and self.current < self._ceiling:
+            self._successes += 1
+            if self._successes >= self.current:
+                self._successes = 0
+                self._limiter.total_tokens = self.current + 1
+
+
+def _is_overload(error: ApiframeError | None) -> bool:
+    return isinstance(error, RateLimitError) or (
+        isinstance(error, ServerError) and error.status_code == _SERVICE_UNAVAILABLE
+    )
+
+
+def as_request(item: object) -> GenerateRequest:
+    """`item` as a validated `GenerateRequest`; mappings are built, anything else refused."""
+    if isinstance(item, GenerateRequest):
+        return item
+    if isinstance(item, Mapping):
+        for name in item.keys() - _FIELDS:
+            raise RequestValidationError(
+                str(name), "is not a field of a generation", allowed=", ".join(_FIELDS)
+            )
+        for name in ("training_id", "prompt"):
+            if name not in item:
+                raise RequestValidationError(name, "is required", allowed="non-empty str")
+        return GenerateRequest(**item)
+    raise RequestValidationError(
+        "request",
+        f"{type(item).__name__} is not a request",
+        allowed="GenerateRequest or a mapping of its fields",
+    )
+
+
+class _Input(Generic[T]):
+    """One shared, lazy reader of a sync or async iterable, safe for many workers."""
+
+    def __init__(self, source: Iterable[T] | AsyncIterable[T]) -> None:
+        self._sync = iter(source) if isinstance(source, Iterable) else None
+        self._async = aiter(source) if isinstance(source, AsyncIterable) else None
+        self._lock = anyio.Lock()
+        self._index = 0
+        self.exhausted = False
+
+    async def next(self) -> tuple[int, T] | None:
+        """The next item with its index, or None when the input is exhausted."""
+        if self.exhausted:
+            return None
+        try:
+            if self._sync is not None:
+                item = next(self._sync)
+            else:
+                assert self._async is not None  # noqa: S101 -- one of the two is set
+                async with self._lock:  # an async iterator must not be entered twice
+                    item = await anext(self._async)
+        except (StopIteration, StopAsyncIteration):
+            self.exhausted = True
+            return None
+        index, self._index = self._index, self._index + 1
+        return index, item
+
+
+class BulkJob(Generic[T]):
+    """A running bulk job: an async context manager that yields `Outcome`s as they come.
+
+    Leaving the `async with` block, normally or not, cancels what is still in flight; the
+    client stays usable. Built by `AsyncApiframe.generate_many()`.
+    """
+
+    def __init__(
+        self,
+        source: Iterable[object] | AsyncIterable[object],
+        work: Callable[[GenerateRequest], Awaitable[T]],
+        *,
+        concurrency: int,
+        ordered: bool,
+        fail_fast: bool,
+        adaptive: bool,
+        on_progress: Callable[[Progress], object] | None,
+        overload_rounds: int = 10,
+    ) -> None:
+        """Prepare the job; nothing runs before `async with`."""
+        self._overload_rounds = overload_rounds
+        self._input: _Input[object] = _Input(source)
+        self._work = work
+        self._concurrency = concurrency
+        self._ordered = ordered
+        self._fail_fast = fail_fast
+        self._limit = AdaptiveLimit(concurrency, adaptive=adaptive)
+        self._on_progress = on_progress
+        self.progress = Progress(concurrency=concurrency)
+        # Outcomes pulled but not yet read by the caller are bounded by this window.
+        self._window = anyio.Semaphore(2 * concurrency)
+        self._send, self._receive = anyio.create_memory_object_stream[Outcome[T]](math.inf)
+        self._task_group: TaskGroup | None = None
+        self._workers_left = concurrency
+        self._next_index = 0
+        self._reorder: dict[int, Outcome[T]] = {}
+
+    async def __aenter__(self) -> Self:
+        """Start the workers."""
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        for _ in range(self._concurrency):
+            self._task_group.start_soon(self._worker)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        """Cancel what is left and wait for the workers to stop."""
+        assert self._task_group is not None  # noqa: S101 -- set by __aenter__
+        self._task_group.cancel_scope.cancel()
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self._receive.close()
+
+    def __aiter__(self) -> AsyncIterator[Outcome[T]]:
+        """Iterate over the outcomes."""
+        return self
+
+    async def __anext__(self) -> Outcome[T]:
+        """The next outcome: in completion order, or in input order if `ordered`."""
+        if self._ordered:
+            outcome = await self._next_in_order()
+        else:
+            try:
+                outcome = await self._receive.receive()
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+        self._window.release()
+        if self._fail_fast and outcome.error is not None:
+            raise outcome.error
+        return outcome
+
+    async def _next_in_order(self) -> Outcome[T]:
+        while self._next_index not in self._reorder:
+            try:
+                outcome = await self._receive.receive()
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
+            self._reorder[outcome.index] = outcome
+        self._next_index += 1
+        return self._reorder.pop(self._next_index - 1)
+
+    async def _worker(self) -> None:
+        try:
+            while True:
+                await self._window.acquire()
+                pulled = await self._input.next()
+                if pulled is None:
+                    self._window.release()
+                    return
+                outcome = await self._run_one(*pulled)
+                self._send.send_nowait(outcome)
+        finally:
+            self._workers_left -= 1
+            if self._workers_left == 0:
+                self._send.close()
+
+    async def _run_one(self, index: int, item: object) -> Outcome[T]:
+        try:
+            request = as_request(item)
+        except RequestValidationError as exc:
+            self._tally(exc)
+            return Outcome(index=index, request=_as_given(item), error=exc)
+        self.progress.submitted += 1
+        for round_ in range(self._overload_rounds + 1):
+            async with self._limit:
+                self.progress.in_flight += 1
+                try:
+                    result = await self._work(request)
+                except ApiframeError as exc:
+                    self._count(error=exc)
+                    # 429 and 503 prove the request was turned away unprocessed: the job
+                    # slows down (see AdaptiveLimit) and tries it again, at no risk of paying twice.
+                    if _is_overload(exc) and round_ < self._overload_rounds:
+                        continue
+                    self._tally(exc)
+                    return Outcome(index=index, request=request, error=exc)
+            self._count(error=None)
+            self._tally(None)
+            return Outcome(index=index, request=request, result=result)
+        raise AssertionError  # pragma: no cover -- the loop always returns
+
+    def _count(self, *, error: ApiframeError | None) -> None:
+        """Account for one attempt that ended."""
+        self.progress.in_flight -= 1
+        self._limit.record(error)
+        self.progress.concurrency = self._limit.current
+
+    def _tally(self, error: ApiframeError | None) -> None:
+        """Account for one item that ended, and tell the progress callback."""
+        if error is None:
+            self.progress.succeeded += 1
+        else:
+            self.progress.failed += 1
+        if self._on_progress is not None:
+            self._on_progress(self.progress)
+
+
+def _as_given(item: object) -> RequestLike:
+    return item if isinstance(item, GenerateRequest | Mapping) else {"request": item}
