@@ -310,6 +310,7 @@ class AsyncApiframe:
             fail_fast=fail_fast,
             adaptive=adaptive,
             on_progress=on_progress,
+            pushbacks=lambda: self._sender.pushbacks,
         )
 
     async def generate_all(

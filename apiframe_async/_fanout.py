@@ -94,7 +94,9 @@ class Progress:
 class AdaptiveLimit:
     """An AIMD bound on requests in flight: halve on overload, grow by one per window.
 
-    Disabled, it is a plain fixed limit of `ceiling`.
+    A window is as many completed requests as the limit allows in flight: at most one
+    decrease per window, since the requests already in flight when the server pushed
+    back tell nothing new. Disabled, it is a plain fixed limit of `ceiling`.
     """
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
@@ -103,6 +105,7 @@ class AdaptiveLimit:
         self._ceiling = ceiling
         self._adaptive = adaptive
         self._successes = 0
+        self._since_decrease = ceiling
 
     @property
     def current(self) -> int:
@@ -117,16 +120,18 @@ class AdaptiveLimit:
         """Give the room back."""
         self._limiter.release()
 
-    def record(self, error: ApiframeError | None) -> None:
-        """Adapt to the outcome of one request."""
+    def record(self, *, ok: bool, overloaded: bool) -> None:
+        """Adapt to one request's end: `overloaded` if the server pushed back meanwhile."""
         if not self._adaptive:
             return
-        if _is_overload(error):
+        self._since_decrease += 1
+        if overloaded:
             self._successes = 0
-            if self.current > 1:
+            if self.current > 1 and self._since_decrease >= self.current:
+                self._since_decrease = 0
                 self._limiter.total_tokens = max(1, self.current // 2)
-                logger.info("server overloaded: concurrency lowered to %d", self.current)
-        elif error is None and self.current < self._ceiling:
+                logger.info("server pushed back: concurrency lowered to %d", self.current)
+        elif ok and self.current < self._ceiling:
             self._successes += 1
             if self._successes >= self.current:
                 self._successes = 0
@@ -204,9 +209,15 @@ class BulkJob(Generic[T]):
         fail_fast: bool,
         adaptive: bool,
         on_progress: Callable[[Progress], object] | None,
+        pushbacks: Callable[[], int] = lambda: 0,
         overload_rounds: int = 10,
     ) -> None:
-        """Prepare the job; nothing runs before `async with`."""
+        """Prepare the job; nothing runs before `async with`.
+
+        `pushbacks` counts the server's 429 and 503 answers, retried ones included, so
+        the adaptive limit hears of pressure that the retries hide.
+        """
+        self._pushbacks = pushbacks
         self._overload_rounds = overload_rounds
         self._input: _Input[object] = _Input(source)
         self._work = work
@@ -243,6 +254,12 @@ class BulkJob(Generic[T]):
         self._task_group.cancel_scope.cancel()
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The task group wraps an error raised in the `async with` body (fail_fast's, or
+            # the caller's own); the workers were only cancelled, so hand it back unwrapped.
+            if exc is not None and group.exceptions == (exc,):
+                raise exc from exc.__cause__
+            raise
         finally:
             self._receive.close()
 
@@ -299,25 +316,26 @@ class BulkJob(Generic[T]):
         for round_ in range(self._overload_rounds + 1):
             async with self._limit:
                 self.progress.in_flight += 1
+                pushbacks = self._pushbacks()
                 try:
                     result = await self._work(request)
                 except ApiframeError as exc:
-                    self._count(error=exc)
+                    self._count(error=exc, pushed_back=self._pushbacks() > pushbacks)
                     # 429 and 503 prove the request was turned away unprocessed: the job
                     # slows down (see AdaptiveLimit) and tries it again, at no risk of paying twice.
                     if _is_overload(exc) and round_ < self._overload_rounds:
                         continue
                     self._tally(exc)
                     return Outcome(index=index, request=request, error=exc)
-            self._count(error=None)
+            self._count(error=None, pushed_back=self._pushbacks() > pushbacks)
             self._tally(None)
             return Outcome(index=index, request=request, result=result)
         raise AssertionError  # pragma: no cover -- the loop always returns
 
-    def _count(self, *, error: ApiframeError | None) -> None:
+    def _count(self, *, error: ApiframeError | None, pushed_back: bool) -> None:
         """Account for one attempt that ended."""
         self.progress.in_flight -= 1
-        self._limit.record(error)
+        self._limit.record(ok=error is None, overloaded=pushed_back or _is_overload(error))
         self.progress.concurrency = self._limit.current
 
     def _tally(self, error: ApiframeError | None) -> None:

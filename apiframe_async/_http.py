@@ -31,6 +31,9 @@ TimeoutTypes = float | httpx.Timeout | None
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
+_PUSHBACK_STATUSES = frozenset({429, 503})
+
+
 @attrs.frozen
 class Endpoint:
     """One API endpoint, and whether its work costs money (then it is never resent blindly)."""
@@ -89,6 +92,9 @@ class Sender:
         self._urls: dict[str, httpx.URL] = {}
         self._limiter: anyio.CapacityLimiter | None = None
         self._resume_at = 0.0
+        #: 429 and 503 answers seen so far: bulk jobs read it to sense server pressure,
+        #: including answers that a retry then got past.
+        self.pushbacks = 0
 
     def __repr__(self) -> str:
         """Name the server, never the key."""
@@ -156,6 +162,8 @@ class Sender:
         if response.is_success:
             return Reply(_decode(response, method, url), response)
         error = status_error(response, method=method, url=url, task_id=task_id)
+        if response.status_code in _PUSHBACK_STATUSES:
+            self.pushbacks += 1
         if isinstance(error, RateLimitError):
             self._pause_for(error.retry_after)
         raise error

@@ -1,0 +1,392 @@
+"""generate_many(): bounded, lazy, streaming, ordered on request, cancel-safe, money-safe."""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import tracemalloc
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import anyio
+import attrs
+import httpx
+import pytest
+import respx
+
+from apiframe_async import (
+    AsyncApiframe,
+    GenerateRequest,
+    Generation,
+    Outcome,
+    Progress,
+    RateLimitError,
+    RequestValidationError,
+    ServerError,
+)
+from apiframe_async._fanout import BulkJob
+
+from conftest import API_KEY, BASE_URL, FAST_RETRY
+
+pytestmark = pytest.mark.anyio
+
+
+@attrs.define
+class CountingServer:
+    """A stand-in for /ai-photo-generate that counts what the server side would see."""
+
+    latency: Callable[[], float] = lambda: 0.002
+    fault: Callable[[str], httpx.Response | None] = lambda _prompt: None
+    in_flight: int = 0
+    peak: int = 0
+    generated: Counter[str] = attrs.Factory(Counter)
+    refused: int = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["prompt"]
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await anyio.sleep(self.latency())
+            if (refusal := self.fault(prompt)) is not None:
+                self.refused += 1
+                return refusal
+            self.generated[prompt] += 1
+            return httpx.Response(
+                200,
+                json={"task_id": f"task-{prompt}", "status": "finished", "image_urls": ["u"]},
+            )
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def server(api: respx.MockRouter) -> CountingServer:
+    counting = CountingServer()
+    api.post("/ai-photo-generate").mock(side_effect=counting)
+    return counting
+
+
+def requests(n: int | None, prefix: str = "p") -> Iterator[GenerateRequest]:
+    """`n` distinct requests (endless if None), built lazily."""
+    i = 0
+    while n is None or i < n:
+        yield GenerateRequest(training_id="t", prompt=f"{prefix}{i}")
+        i += 1
+
+
+async def test_concurrency_bound_holds_at_the_server(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """No more than `concurrency` generations are ever in flight, and the bound is used."""
+    server.latency = lambda: random.uniform(0.001, 0.01)
+    async with client.generate_many(requests(300), concurrency=12) as outcomes:
+        results = [o async for o in outcomes]
+    assert len(results) == 300
+    assert server.peak == 12
+
+
+async def test_every_prompt_is_accounted_for_exactly_once(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """Each input gets exactly one outcome and exactly one paid generation."""
+    async with client.generate_many(requests(250), concurrency=16) as outcomes:
+        results = [o async for o in outcomes]
+    assert sorted(o.index for o in results) == list(range(250))
+    assert all(o.ok for o in results)
+    assert set(server.generated.values()) == {1}
+    assert len(server.generated) == 250
+
+
+async def test_input_is_read_lazily(client: AsyncApiframe, server: CountingServer) -> None:
+    """The input is pulled at most about two windows ahead of what the caller has read."""
+    pulled = 0
+
+    def source() -> Iterator[GenerateRequest]:
+        nonlocal pulled
+        for request in requests(None):
+            pulled += 1
+            yield request
+
+    read = 0
+    async with client.generate_many(source(), concurrency=4) as outcomes:
+        async for _ in outcomes:
+            read += 1
+            assert pulled <= read + 2 * 4 + 1
+            if read == 50:
+                break
+    assert pulled <= 50 + 2 * 4 + 1
+
+
+async def test_endless_async_source_stops_promptly_on_break(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """Breaking out of an endless async source ends the job at once, nothing left running."""
+    server.latency = lambda: 0.05
+
+    async def endless() -> AsyncIterator[GenerateRequest]:
+        for request in requests(None):
+            yield request
+
+    with anyio.fail_after(5):
+        async with client.generate_many(endless(), concurrency=8) as outcomes:
+            count = 0
+            async for _ in outcomes:
+                count += 1
+                if count == 100:
+                    break
+        # Leaving the block cancelled the requests still in flight.
+        assert server.in_flight == 0
+    assert count == 100
+
+
+async def test_ordered_yields_in_input_order(client: AsyncApiframe, server: CountingServer) -> None:
+    """With ordered=True outcomes come in input order however the latencies fall."""
+    server.latency = lambda: random.uniform(0, 0.01)
+    async with client.generate_many(requests(120), concurrency=10, ordered=True) as outcomes:
+        indexes = [o.index async for o in outcomes]
+    assert indexes == list(range(120))
+
+
+async def test_completion_order_by_default(client: AsyncApiframe, server: CountingServer) -> None:
+    """By default a fast request is not held back behind a slow one."""
+    server.latency = lambda: 0.0
+    slow = {"p0"}
+    original = server.latency
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["prompt"]
+        server.latency = (lambda: 0.2) if prompt in slow else original
+        return await server(request)
+
+    client_api = respx.mock(base_url=BASE_URL, assert_all_called=False)
+    client_api.post("/ai-photo-generate").mock(side_effect=handler)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(client_api.async_handler))
+    async with (
+        http,
+        AsyncApiframe(api_key=API_KEY, http_client=http, retry=FAST_RETRY) as apiframe,
+        apiframe.generate_many(requests(5), concurrency=5) as outcomes,
+    ):
+        order = [o.index async for o in outcomes]
+    assert order[-1] == 0
+
+
+async def test_failures_are_outcomes_by_default(client: AsyncApiframe, server: CountingServer) -> None:
+    """A failing request becomes a failed outcome with a typed error; the rest go on."""
+    server.fault = lambda p: httpx.Response(400, json={"errors": [{"msg": "bad"}]}) if p == "p3" else None
+    async with client.generate_many(requests(10), concurrency=3) as outcomes:
+        results = {o.index: o async for o in outcomes}
+    assert len(results) == 10
+    failed = results[3]
+    assert not failed.ok
+    assert failed.result is None
+    assert isinstance(failed.error, Exception)
+    assert "bad" in str(failed.error)
+    with pytest.raises(type(failed.error)):
+        failed.unwrap()
+    assert all(results[i].ok for i in results if i != 3)
+    assert isinstance(results[0].unwrap(), Generation)
+
+
+async def test_fail_fast_raises_the_first_error_and_cancels_the_rest(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """fail_fast=True raises the first error and sends nothing more after it."""
+    server.fault = lambda p: httpx.Response(500, json={}) if p == "p5" else None
+    server.latency = lambda: 0.005
+    with pytest.raises(ServerError):
+        async with client.generate_many(requests(1000), concurrency=4, fail_fast=True) as outcomes:
+            async for _ in outcomes:
+                pass
+    assert sum(server.generated.values()) < 100
+    assert server.in_flight == 0
+
+
+async def test_invalid_items_become_failed_outcomes(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """Mappings are validated one by one: a bad one fails alone, naming its field."""
+    items: list[GenerateRequest | dict[str, object]] = [
+        {"training_id": "t", "prompt": "ok-dict"},
+        {"training_id": "t", "prompt": "x", "number_of_images": 9},
+        {"prompt": "no training id"},
+        {"training_id": "t", "prompt": "x", "colour": "red"},
+        GenerateRequest(training_id="t", prompt="ok-obj"),
+    ]
+    outcomes = await client.generate_all(items, concurrency=2)
+    assert [o.ok for o in outcomes] == [True, False, False, False, True]
+    fields = [getattr(o.error, "field", None) for o in outcomes]
+    assert fields == [None, "number_of_images", "training_id", "colour", None]
+    assert set(server.generated) == {"ok-dict", "ok-obj"}
+
+
+async def test_fail_fast_validates_a_list_before_any_request(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """With fail_fast and a list, one bad item stops the job before anything is sent."""
+    items = [{"training_id": "t", "prompt": f"p{i}"} for i in range(5)] + [{"prompt": "bad"}]
+    with pytest.raises(RequestValidationError, match="training_id"):
+        client.generate_many(items, concurrency=2, fail_fast=True)
+    assert server.generated == Counter()
+
+
+async def test_rate_limits_slow_the_batch_but_every_prompt_completes(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """With 20% 429 answers every prompt still finishes, none twice, and the limit shrinks."""
+    rng = random.Random(7)
+    server.fault = lambda _p: (
+        httpx.Response(429, headers={"Retry-After": "0.01"}, json={}) if rng.random() < 0.2 else None
+    )
+    seen: list[int] = []
+    async with client.generate_many(
+        requests(300), concurrency=16, on_progress=lambda p: seen.append(p.concurrency)
+    ) as outcomes:
+        results = [o async for o in outcomes]
+    assert all(o.ok for o in results), [o.error for o in results if not o.ok][:3]
+    assert server.refused > 0
+    assert set(server.generated.values()) == {1}
+    assert len(server.generated) == 300
+    assert min(seen) < 16
+
+
+async def test_adaptive_can_be_switched_off(client: AsyncApiframe, server: CountingServer) -> None:
+    """With adaptive=False the limit stays at the caller's concurrency under 429s."""
+    rng = random.Random(3)
+    server.fault = lambda _p: (
+        httpx.Response(429, headers={"Retry-After": "0"}, json={}) if rng.random() < 0.3 else None
+    )
+    seen: list[int] = []
+    async with client.generate_many(
+        requests(100), concurrency=8, adaptive=False, on_progress=lambda p: seen.append(p.concurrency)
+    ) as outcomes:
+        async for _ in outcomes:
+            pass
+    assert set(seen) == {8}
+
+
+async def test_client_wide_limit_is_shared_by_every_entry_point(
+    api: respx.MockRouter, server: CountingServer
+) -> None:
+    """Two batches and single calls together never exceed the client's max_concurrency."""
+    server.latency = lambda: random.uniform(0.001, 0.01)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(api.async_handler))
+    async with (
+        http,
+        AsyncApiframe(api_key=API_KEY, http_client=http, max_concurrency=10) as apiframe,
+    ):
+
+        async def batch(prefix: str) -> None:
+            async with apiframe.generate_many(requests(100, prefix), concurrency=8) as outcomes:
+                async for outcome in outcomes:
+                    assert outcome.ok
+
+        async def singles() -> None:
+            for i in range(20):
+                await apiframe.generate(training_id="t", prompt=f"single{i}")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(batch, "a")
+            tg.start_soon(batch, "b")
+            tg.start_soon(singles)
+    assert server.peak == 10
+    assert len(server.generated) == 220
+
+
+async def test_concurrency_above_the_client_limit_is_refused(client: AsyncApiframe) -> None:
+    """A job may not promise more concurrency than the client allows; nothing is sent."""
+    with pytest.raises(RequestValidationError, match="concurrency") as info:
+        client.generate_many(requests(1), concurrency=client.max_concurrency + 1)
+    assert info.value.field == "concurrency"
+    assert str(client.max_concurrency) in str(info.value)
+
+
+async def test_cancel_from_outside_leaves_the_client_usable(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """Cancelling a job mid-flight stops it; the same client then runs a new job."""
+    server.latency = lambda: 0.05
+    with anyio.move_on_after(0.12) as scope:
+        async with client.generate_many(requests(None), concurrency=8) as outcomes:
+            async for _ in outcomes:
+                pass
+    assert scope.cancelled_caught
+    await anyio.sleep(0)
+    assert server.in_flight == 0
+    server.latency = lambda: 0.0
+    again = await client.generate_all(requests(10, "again"), concurrency=4)
+    assert all(o.ok for o in again)
+
+
+async def test_progress_counts_and_callback(client: AsyncApiframe, server: CountingServer) -> None:
+    """Progress counts submitted, succeeded, failed and in flight; the callback sees each end."""
+    server.fault = lambda p: httpx.Response(400, json={"errors": []}) if p.endswith("7") else None
+    snapshots: list[tuple[int, int, int]] = []
+
+    def record(progress: Progress) -> None:
+        assert progress.in_flight <= 5
+        snapshots.append((progress.submitted, progress.succeeded, progress.failed))
+
+    job = client.generate_many(requests(40), concurrency=5, on_progress=record)
+    async with job as outcomes:
+        async for _ in outcomes:
+            pass
+    assert job.progress.submitted == 40
+    assert job.progress.failed == 4
+    assert job.progress.succeeded == 36
+    assert job.progress.done == 40
+    assert job.progress.in_flight == 0
+    assert len(snapshots) == 40
+
+
+async def test_generate_all_returns_input_order(client: AsyncApiframe, server: CountingServer) -> None:
+    """generate_all() returns one outcome per request, in input order."""
+    server.latency = lambda: random.uniform(0, 0.005)
+    outcomes = await client.generate_all(list(requests(30)), concurrency=6)
+    assert [o.index for o in outcomes] == list(range(30))
+    assert [o.request.prompt for o in outcomes if isinstance(o.request, GenerateRequest)] == [
+        f"p{i}" for i in range(30)
+    ]
+
+
+async def test_memory_stays_bounded_for_a_huge_lazy_input() -> None:
+    """The machinery holds O(concurrency) state: 50,000 items cost no more than 500."""
+
+    async def work(request: GenerateRequest) -> str:
+        await anyio.sleep(0)
+        return request.prompt
+
+    async def peak_for(n: int) -> int:
+        gc.collect()
+        tracemalloc.start()
+        job: BulkJob[str] = BulkJob(
+            requests(n),
+            work,
+            concurrency=32,
+            ordered=False,
+            fail_fast=False,
+            adaptive=True,
+            on_progress=None,
+        )
+        async with job as outcomes:
+            async for outcome in outcomes:
+                assert isinstance(outcome, Outcome)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return peak
+
+    small = await peak_for(500)
+    large = await peak_for(50_000)
+    assert large < small + 256 * 1024, (small, large)
+
+
+async def test_rate_limit_error_after_exhausted_rounds_is_an_outcome(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """A server that only ever says 429 ends each item with a RateLimitError, not a hang."""
+    server.fault = lambda _p: httpx.Response(429, headers={"Retry-After": "0"}, json={})
+    with anyio.fail_after(10):
+        outcomes = await client.generate_all(requests(3), concurrency=3)
+    assert all(isinstance(o.error, RateLimitError) for o in outcomes)
+    assert server.generated == Counter()
