@@ -30,17 +30,27 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._fanout import BulkJob, Outcome, Progress, RequestLike
+from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource
 from ._models import (
     ASPECT_RATIOS,
+    ETHNICITIES,
+    GENDERS,
     Account,
     AspectRatio,
+    Ethnicity,
+    Gender,
     GenerateRequest,
     Generation,
+    SubmittedTask,
     Task,
+    TaskBatch,
     TaskStatus,
+    TrainRequest,
+    UploadRequest,
 )
 from ._retry import RetryPolicy
 from ._waiting import PollPolicy
+from ._webhooks import WEBHOOK_SECRET_HEADER, WebhookReceiver, parse_webhook, verify_webhook
 
 __version__ = _version("apiframe-async")
 
@@ -48,7 +58,11 @@ __all__ = [
     "ASPECT_RATIOS",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_TIMEOUT",
+    "ETHNICITIES",
+    "GENDERS",
+    "WEBHOOK_SECRET_HEADER",
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
@@ -59,8 +73,11 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BulkJob",
+    "Ethnicity",
+    "Gender",
     "GenerateRequest",
     "Generation",
+    "ImageSource",
     "NotFoundError",
     "Outcome",
     "PermissionDeniedError",
@@ -73,11 +90,18 @@ __all__ = [
     "ResponseValidationError",
     "RetryPolicy",
     "ServerError",
+    "SubmittedTask",
     "Task",
+    "TaskBatch",
     "TaskFailedError",
     "TaskStatus",
     "TaskTimeoutError",
+    "TrainRequest",
+    "UploadRequest",
+    "WebhookReceiver",
     "__version__",
+    "parse_webhook",
+    "verify_webhook",
 ]
 
 # Tracebacks show `apiframe_async.RateLimitError`, not the private module it lives in.

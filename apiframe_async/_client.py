@@ -9,16 +9,34 @@ from importlib.metadata import version
 from types import TracebackType
 from typing import Any, Self, overload
 
+import anyio
 import attrs
 import httpx
 
-from ._errors import RequestValidationError
+from ._errors import ApiframeError, NotFoundError, RequestValidationError
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, as_request
-from ._http import ACCOUNT, FETCH, GENERATE, Sender, TimeoutTypes
-from ._models import Account, AspectRatio, GenerateRequest, Generation, Task
+from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
+from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
+from ._models import (
+    Account,
+    AspectRatio,
+    Ethnicity,
+    Gender,
+    GenerateRequest,
+    Generation,
+    SubmittedTask,
+    Task,
+    TaskBatch,
+    TrainRequest,
+    UploadRequest,
+)
 from ._retry import RetryPolicy
-from ._waiting import PollPolicy, checked, poll_until_terminal
+from ._waiting import Poller, PollPolicy, checked
+from ._webhooks import WebhookReceiver
 from ._wire import Wire
+
+#: The most ids one `/fetch-many` request takes.
+FETCH_MANY_LIMIT = 20
 
 DEFAULT_BASE_URL = "https://api.apiframe.pro"
 
@@ -93,6 +111,8 @@ class AsyncApiframe:
         max_concurrency: Requests in flight at once, across every entry point.
         http_client: An `httpx.AsyncClient` to use instead of our own; keep its connection
             limit at or above `max_concurrency`, or requests queue in its pool.
+        webhooks: A `WebhookReceiver` whose tasks end this client's waits as soon as
+            they arrive, and whose URL and secret uploads and trainings send by default.
         allow_insecure: Allow a non-loopback plain-http `base_url`.
 
     Raises:
@@ -110,6 +130,7 @@ class AsyncApiframe:
         poll: PollPolicy | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         http_client: httpx.AsyncClient | None = None,
+        webhooks: WebhookReceiver | None = None,
         allow_insecure: bool = False,
     ) -> None:
         """Configure the client; no I/O happens until the first request."""
@@ -144,7 +165,9 @@ class AsyncApiframe:
             user_agent=_USER_AGENT,
         )
         self._wire = Wire()
-        self._poll = poll or PollPolicy()
+        self._poller = Poller(self._fetch_ids, poll or PollPolicy())
+        self._webhooks = webhooks
+        self._unsubscribe = webhooks.subscribe(self._poller.deliver) if webhooks else None
 
     def __repr__(self) -> str:
         """Name the server, never the key."""
@@ -165,6 +188,9 @@ class AsyncApiframe:
 
     async def aclose(self) -> None:
         """Close the HTTP client if this client created it; a borrowed one stays open."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._owns_http_client:
             await self._http_client.aclose()
 
@@ -242,9 +268,7 @@ class AsyncApiframe:
     async def _generate(
         self, request: GenerateRequest, *, timeout: TimeoutTypes = None
     ) -> Generation:
-        reply = await self._sender.call(
-            GENERATE, self._wire.generate_body(request), timeout=timeout
-        )
+        reply = await self._sender.call(GENERATE, self._wire.body(request), timeout=timeout)
         task = self._wire.task(reply.data, body=reply.text)
         task = checked(task) if task.is_terminal else await self.wait(task.task_id)
         return self._wire.generation(task)
@@ -355,16 +379,195 @@ class AsyncApiframe:
         )
         return self._wire.task(reply.data, task_id=task_id, body=reply.text)
 
-    async def wait(self, task_id: str, *, deadline: float | None = None) -> Task:
-        """Poll a task until it ends and return it finished.
+    async def fetch_many(self, task_ids: Iterable[str]) -> TaskBatch:
+        """The current state of any number of tasks, 20 ids per request, in parallel.
+
+        A lone id goes through `/fetch`, since `/fetch-many` takes 2 to 20. Ids the
+        server does not report are listed in `missing`, not raised.
+
+        Example:
+            ```python
+            batch = await client.fetch_many(ids)
+            done = [t for t in batch.tasks.values() if t.is_terminal]
+            ```
+
+        Raises:
+            RequestValidationError: An id is empty or not a string.
+        """
+        ids = list(dict.fromkeys(task_ids))
+        for task_id in ids:
+            _check_task_id(task_id)
+        found: dict[str, Task] = {}
+
+        async def fetch_chunk(chunk: list[str]) -> None:
+            for task in await self._fetch_chunk(chunk):
+                found[task.task_id] = task
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for start in range(0, len(ids), FETCH_MANY_LIMIT):
+                    tg.start_soon(fetch_chunk, ids[start : start + FETCH_MANY_LIMIT])
+        except* ApiframeError as group:
+            # The first failure says it all (one bad key fails every chunk alike).
+            raise group.exceptions[0] from None
+        return TaskBatch(
+            tasks={i: found[i] for i in ids if i in found},
+            missing=tuple(i for i in ids if i not in found),
+        )
+
+    async def _fetch_chunk(self, ids: list[str]) -> list[Task]:
+        if len(ids) == 1:
+            try:
+                return [await self.fetch(ids[0])]
+            except NotFoundError:
+                return []
+        reply = await self._sender.call(FETCH_MANY, {"task_ids": ids})
+        return self._wire.tasks(reply.data, body=reply.text)
+
+    async def _fetch_ids(self, ids: list[str]) -> TaskBatch:
+        return await self.fetch_many(ids)
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        deadline: float | None = None,
+        on_progress: Callable[[Task], object] | None = None,
+    ) -> Task:
+        """Wait until a task ends, and return it finished.
+
+        All waits of one client share one polling loop that asks for every due task at
+        once, through `/fetch-many`, and a webhook (see `WebhookReceiver`) ends a wait as
+        soon as it arrives. Polls start about a second apart and slow to about ten
+        (see `PollPolicy`).
+
+        Example:
+            ```python
+            trained = await client.wait(
+                training.task_id, on_progress=lambda t: print(t.percentage, "%")
+            )
+            ```
+
+        Args:
+            task_id: The task to wait for.
+            deadline: Seconds to wait at most; defaults to `PollPolicy.deadline`.
+            on_progress: Called with each new state of the task while it runs.
 
         Raises:
             TaskFailedError: The task failed; carries the server's reason.
-            TaskTimeoutError: `deadline` seconds (default `PollPolicy.deadline`) passed;
-                the task goes on, and waiting again picks it up.
+            TaskTimeoutError: The deadline passed. The task goes on; wait again for it.
+            NotFoundError: The server does not know the task.
         """
         _check_task_id(task_id)
-        return await poll_until_terminal(task_id, self.fetch, self._poll, deadline=deadline)
+        return await self._poller.wait(task_id, deadline=deadline, on_progress=on_progress)
+
+    async def upload_images(
+        self,
+        images: Iterable[ImageSource],
+        *,
+        ethnicity: Ethnicity,
+        gender: Gender,
+        age: int | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        timeout: TimeoutTypes = None,
+    ) -> SubmittedTask:
+        """Upload 10 to 30 photos of a subject to prepare them for training; 2 credits.
+
+        Photos are read and base64-encoded in a worker thread, and every rule is checked
+        before anything is sent. The prepared set expires (see `Task.expires_at`):
+        start the training before then.
+
+        Example:
+            ```python
+            upload = await client.upload_images(
+                Path("me/").glob("*.jpg"), ethnicity="white", gender="male", age=35
+            )
+            prepared = await client.wait(upload.task_id)
+            ```
+
+        Args:
+            images: Paths, bytes or binary file objects of JPEG, PNG, WebP, HEIC, ...
+            ethnicity: One of `ETHNICITIES`.
+            gender: `"female"` or `"male"`.
+            age: The subject's age in years.
+            webhook_url: Where to POST progress; defaults to the client's receiver's.
+            webhook_secret: Echoed in `x-webhook-secret`; defaults to the receiver's.
+            max_image_bytes: The largest photo accepted.
+            timeout: This call's HTTP timeout.
+
+        Raises:
+            RequestValidationError: A rule was broken (the field says which, e.g.
+                `images[3]`); nothing was sent.
+        """
+        hook_url, hook_secret = self._webhook_defaults(webhook_url, webhook_secret)
+        # Cheap fields first: a typo in `gender` should not wait for 30 files to be read.
+        UploadRequest(
+            images=("",) * 10,
+            ethnicity=ethnicity,
+            gender=gender,
+            age=age,
+            webhook_url=hook_url,
+            webhook_secret=hook_secret,
+        )
+        request = UploadRequest(
+            images=await encode_images(images, max_bytes=max_image_bytes),
+            ethnicity=ethnicity,
+            gender=gender,
+            age=age,
+            webhook_url=hook_url,
+            webhook_secret=hook_secret,
+        )
+        reply = await self._sender.call(UPLOAD, self._wire.body(request), timeout=timeout)
+        return self._wire.structure(reply.data, SubmittedTask, body=reply.text)
+
+    async def train(
+        self,
+        training_images_id: str,
+        *,
+        trigger_word: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        timeout: TimeoutTypes = None,
+    ) -> SubmittedTask:
+        """Train a model on prepared photos; 4 credits per training photo.
+
+        Example:
+            ```python
+            training = await client.train(prepared.task_id, trigger_word="TOKMSN")
+            trained = await client.wait(training.task_id)
+            prompt = f"a portrait of {trained.trigger_word} man in a suit"
+            ```
+
+        Args:
+            training_images_id: The task id of the finished upload.
+            trigger_word: The word for the subject in prompts (server default `TOKMSN`).
+                The finished training's `trigger_word` is the one to use.
+            webhook_url: Where to POST progress; defaults to the client's receiver's.
+            webhook_secret: Echoed in `x-webhook-secret`; defaults to the receiver's.
+            timeout: This call's HTTP timeout.
+
+        Raises:
+            RequestValidationError: A rule was broken; nothing was sent.
+        """
+        hook_url, hook_secret = self._webhook_defaults(webhook_url, webhook_secret)
+        request = TrainRequest(
+            training_images_id=training_images_id,
+            trigger_word=trigger_word,
+            webhook_url=hook_url,
+            webhook_secret=hook_secret,
+        )
+        reply = await self._sender.call(TRAIN, self._wire.body(request), timeout=timeout)
+        return self._wire.structure(reply.data, SubmittedTask, body=reply.text)
+
+    def _webhook_defaults(
+        self, url: str | None, secret: str | None
+    ) -> tuple[str | None, str | None]:
+        receiver = self._webhooks
+        if url is None and receiver is not None and receiver.url is not None:
+            return receiver.url, secret if secret is not None else receiver.secret
+        return url, secret
 
     async def account(self, *, timeout: TimeoutTypes = None) -> Account:
         """The account behind the key: email, credits left, images made, plan."""

@@ -15,7 +15,14 @@ from typing import Any, Final, Literal, get_args
 import attrs
 
 from ._errors import RequestValidationError
-from ._validators import int_between, non_empty_str, one_of, optional_int
+from ._validators import (
+    int_between,
+    non_empty_str,
+    one_of,
+    optional_int,
+    optional_non_empty_str,
+    optional_webhook_url,
+)
 
 AspectRatio = Literal[
     "1:1",
@@ -40,6 +47,28 @@ AspectRatio = Literal[
 """The aspect ratios `/ai-photo-generate` accepts; `custom` requires `width` and `height`."""
 
 ASPECT_RATIOS: Final[tuple[str, ...]] = get_args(AspectRatio)
+
+Ethnicity = Literal[
+    "asian",
+    "black",
+    "latino",
+    "middle eastern",
+    "native american",
+    "pacific islander",
+    "white",
+]
+"""The subject's ethnicity, as `/ai-photo-upload` names it."""
+
+ETHNICITIES: Final[tuple[str, ...]] = get_args(Ethnicity)
+
+Gender = Literal["female", "male"]
+"""The subject's gender, as `/ai-photo-upload` names it."""
+
+GENDERS: Final[tuple[str, ...]] = get_args(Gender)
+
+#: How many photos of the subject an upload takes.
+MIN_IMAGES: Final = 10
+MAX_IMAGES: Final = 30
 
 EMPTY_EXTRA: Final[Mapping[str, Any]] = MappingProxyType({})
 
@@ -248,3 +277,85 @@ class Account:
     plan: str
     next_billing_date: str | None = None
     extra: Mapping[str, Any] = attrs.field(default=EMPTY_EXTRA, converter=_frozen_mapping)
+
+
+@attrs.frozen(kw_only=True)
+class UploadRequest:
+    """The photos of one subject, to be prepared for training. Validated when built.
+
+    Built by `AsyncApiframe.upload_images()`, which reads and encodes the files.
+
+    Attributes:
+        images: 10 to 30 photos, each as base64 text of the file's bytes.
+        ethnicity: One of `ETHNICITIES`.
+        gender: One of `GENDERS`.
+        age: The subject's age in years, if given.
+        webhook_url: Where the server POSTs progress and the result.
+        webhook_secret: Sent back in each webhook's `x-webhook-secret` header; never shown
+            in a repr.
+    """
+
+    images: tuple[str, ...] = attrs.field(repr=lambda images: f"<{len(images)} images>")
+    ethnicity: Ethnicity = attrs.field(validator=one_of(ETHNICITIES))
+    gender: Gender = attrs.field(validator=one_of(GENDERS))
+    age: int | None = attrs.field(default=None, validator=int_between(1, 130))
+    webhook_url: str | None = attrs.field(default=None, validator=optional_webhook_url)
+    webhook_secret: str | None = attrs.field(
+        default=None, repr=False, validator=optional_non_empty_str
+    )
+
+    @images.validator
+    def _check_count(self, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        if not MIN_IMAGES <= len(value) <= MAX_IMAGES:
+            raise RequestValidationError(
+                attribute.name,
+                f"{len(value)} images given",
+                allowed=f"{MIN_IMAGES} to {MAX_IMAGES} photos of the subject",
+            )
+
+
+@attrs.frozen(kw_only=True)
+class TrainRequest:
+    """A training on prepared photos. Validated when built.
+
+    Attributes:
+        training_images_id: The task id of the finished upload.
+        trigger_word: The word that will stand for the subject in prompts; the server's
+            default is `TOKMSN`.
+        webhook_url: Where the server POSTs progress and the result.
+        webhook_secret: Sent back in each webhook's `x-webhook-secret` header; never shown
+            in a repr.
+    """
+
+    training_images_id: str = attrs.field(validator=non_empty_str)
+    trigger_word: str | None = attrs.field(default=None, validator=optional_non_empty_str)
+    webhook_url: str | None = attrs.field(default=None, validator=optional_webhook_url)
+    webhook_secret: str | None = attrs.field(
+        default=None, repr=False, validator=optional_non_empty_str
+    )
+
+
+@attrs.frozen(kw_only=True)
+class SubmittedTask:
+    """A task the server accepted and now runs: wait for it, or fetch it, by its id.
+
+    Attributes:
+        task_id: The new task.
+        extra: Any other reply fields, untouched.
+    """
+
+    task_id: str
+    extra: Mapping[str, Any] = attrs.field(default=EMPTY_EXTRA, converter=_frozen_mapping)
+
+
+@attrs.frozen(kw_only=True)
+class TaskBatch:
+    """The tasks `fetch_many()` found, and the ids the server left out.
+
+    Attributes:
+        tasks: Each task found, by id, in the order asked for.
+        missing: Ids the server did not report (unknown to it, or expired).
+    """
+
+    tasks: Mapping[str, Task] = attrs.field(converter=_frozen_mapping)
+    missing: tuple[str, ...] = ()

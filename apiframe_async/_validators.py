@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -69,3 +70,15 @@ def one_of(allowed: Collection[str]) -> Validator:
             raise RequestValidationError(attribute.name, f"{value!r} is not valid", allowed=listing)
 
     return check
+
+
+def optional_webhook_url(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Refuse anything but an absolute http(s) URL; `None` (unset) passes."""
+    if value is None:
+        return
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+        raise RequestValidationError(
+            attribute.name, f"{value!r} is not an http(s) URL", allowed="https://host/path"
+        )
+    if not urlsplit(value).netloc:
+        raise RequestValidationError(attribute.name, "has no host", allowed="https://host/path")

@@ -17,7 +17,16 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._errors import ResponseValidationError
-from ._models import Account, GenerateRequest, Generation, Task, TaskStatus
+from ._models import (
+    Account,
+    GenerateRequest,
+    Generation,
+    SubmittedTask,
+    Task,
+    TaskStatus,
+    TrainRequest,
+    UploadRequest,
+)
 
 T = TypeVar("T")
 
@@ -126,10 +135,16 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
             number_of_images=as_string,
         ),
     )
+    for request_cls in (UploadRequest, TrainRequest):
+        converter.register_unstructure_hook(
+            request_cls,
+            make_dict_unstructure_fn(request_cls, converter, _cattrs_omit_if_default=True),
+        )
     percentage = override(struct_hook=_percentage)
     for cls, overrides in (
         (Task, {"percentage": percentage}),
         (Account, {}),
+        (SubmittedTask, {}),
     ):
         converter.register_structure_hook(cls, _keeping_extra(cls, converter, **overrides))
     return converter
@@ -146,8 +161,8 @@ class Wire:
         """Use `converter`, or the library's lenient one."""
         self._converter = converter or make_converter()
 
-    def generate_body(self, request: GenerateRequest) -> dict[str, Any]:
-        """The JSON body of `/ai-photo-generate`: set fields only, numbers as strings."""
+    def body(self, request: GenerateRequest | UploadRequest | TrainRequest) -> dict[str, Any]:
+        """The JSON body of a request: set fields only, wire numbers as strings."""
         body: dict[str, Any] = self._converter.unstructure(request)
         return body
 
@@ -163,6 +178,13 @@ class Wire:
         if task_id is not None and isinstance(data, Mapping) and "task_id" not in data:
             data = {**data, "task_id": task_id}
         return self.structure(data, Task, body=body)
+
+    def tasks(self, data: object, *, body: str = "") -> list[Task]:
+        """The tasks of a `/fetch-many` reply (`{"tasks": [...]}`)."""
+        items = data.get("tasks") if isinstance(data, Mapping) else None
+        if not isinstance(items, list):
+            raise ResponseValidationError(["$.tasks: expected a list of tasks"], body=body)
+        return [self.structure(item, Task, body=body) for item in items]
 
     def generation(self, task: Task) -> Generation:
         """The `Generation` view of a finished generation task."""
