@@ -12,6 +12,7 @@ Example:
 from importlib.metadata import version as _version
 
 from ._client import DEFAULT_BASE_URL, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT, AsyncApiframe
+from ._download import DEFAULT_MAX_DOWNLOAD_BYTES, download, download_all
 from ._errors import (
     APIConnectionError,
     ApiframeError,
@@ -19,6 +20,7 @@ from ._errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    DownloadError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -58,6 +60,7 @@ __all__ = [
     "ASPECT_RATIOS",
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_TIMEOUT",
     "ETHNICITIES",
@@ -73,6 +76,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BulkJob",
+    "DownloadError",
     "Ethnicity",
     "Gender",
     "GenerateRequest",
@@ -100,6 +104,8 @@ __all__ = [
     "UploadRequest",
     "WebhookReceiver",
     "__version__",
+    "download",
+    "download_all",
     "parse_webhook",
     "verify_webhook",
 ]

@@ -15,7 +15,8 @@ ApiframeError
 │   └── ServerError                5xx          (and any other unexpected status)
 ├── ResponseValidationError                     a reply that does not fit the contract
 ├── TaskFailedError                             the task ended with status "failed"
-└── TaskTimeoutError (also TimeoutError)        a wait's deadline passed; the task lives on
+├── TaskTimeoutError (also TimeoutError)        a wait's deadline passed; the task lives on
+└── DownloadError                               a photo could not be saved safely
 ```
 
 Catch `ApiframeError` for everything, or a leaf for what you can handle. No `httpx` or
@@ -240,3 +241,18 @@ class TaskTimeoutError(ApiframeError, TimeoutError):
             f"task {task_id} not finished after {deadline:g} s{seen}; "
             "it is still running, call wait() again to keep waiting"
         )
+
+
+class DownloadError(ApiframeError):
+    """A photo was refused: not an image, too large, or a name that would leave the folder.
+
+    Attributes:
+        url: The photo's URL.
+        reason: Why it was refused.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        """Build the error from the URL and the reason."""
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot save {url}: {reason}")
