@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -33,7 +34,7 @@ def generation(task_id: str = "3492deb6-aaaa", n: int = 2) -> Generation:
 
 
 @pytest.fixture
-def cdn() -> respx.MockRouter:
+def cdn() -> Iterator[respx.MockRouter]:
     with respx.mock(base_url=CDN, assert_all_called=False) as router:
         yield router
 
