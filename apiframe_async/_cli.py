@@ -1,0 +1,402 @@
+"""`apiframe`: the command line. Needs the `cli` extra (`pip install 'apiframe-async[cli]'`).
+
+Without an API key every command runs against the built-in fake APIFRAME, so a newcomer
+can try the whole flow, and the bulk job writes real image files, with nothing to pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar, cast
+
+import anyio
+import attrs
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as ProgressBar
+from rich.text import Text
+
+from ._bulk import read_prompts, run_bulk_job
+from ._client import AsyncApiframe
+from ._download import download
+from ._errors import ApiframeError
+from ._fanout import Progress, as_request
+from ._models import ASPECT_RATIOS, ETHNICITIES, GENDERS, Ethnicity, Gender, Task
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="apiframe",
+    help="APIFRAME AI Photos from the command line. With no API key, runs on a built-in fake.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="APIFRAME_API_KEY",
+        show_envvar=True,
+        show_default=False,
+        help="Your APIFRAME key. Unset: the built-in fake is used.",
+    ),
+]
+BaseUrl = Annotated[
+    str | None, typer.Option(envvar="APIFRAME_BASE_URL", show_envvar=True, help="API base URL.")
+]
+
+
+@attrs.frozen
+class Session:
+    """A client, the client for image downloads, and the fake behind both if there is one."""
+
+    client: AsyncApiframe
+    images: httpx.AsyncClient
+    trained_model: str | None
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    api_key: str | None, base_url: str | None, *, max_concurrency: int = 64
+) -> AsyncIterator[Session]:
+    if api_key:
+        async with (
+            AsyncApiframe(api_key, base_url=base_url, max_concurrency=max_concurrency) as client,
+            httpx.AsyncClient(follow_redirects=True) as images,
+        ):
+            yield Session(client, images, None)
+        return
+    from .testing import FakeApiframe  # noqa: PLC0415 -- only without a key
+
+    err.print(
+        "[yellow]No APIFRAME_API_KEY set: using the built-in fake APIFRAME "
+        "(nothing is charged; photos are drawn locally).[/]"
+    )
+    fake = FakeApiframe(fetches_to_finish=2)
+    async with (
+        fake,
+        fake.client() as api_http,
+        fake.client() as images,
+        AsyncApiframe(
+            fake.api_key, http_client=api_http, max_concurrency=max_concurrency
+        ) as client,
+    ):
+        yield Session(client, images, fake.add_trained_model())
+
+
+def _run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run `main`; turn every expected failure into one line and a non-zero exit."""
+    try:
+        return anyio.run(main)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        raise typer.Exit(130) from None
+    except _EXPECTED as exc:
+        _fail(exc)
+    except BaseExceptionGroup as group:
+        expected, unexpected = group.split(_EXPECTED)
+        if unexpected is not None or expected is None:
+            raise
+        _fail(*_leaves(expected))
+
+
+_EXPECTED = (ApiframeError, OSError)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def _fail(*errors: BaseException) -> NoReturn:
+    for exc in errors:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _print_json(value: Any) -> None:  # noqa: ANN401
+    data = attrs.asdict(value) if attrs.has(type(value)) else value
+    out.print_json(json.dumps(data, default=str))
+
+
+class _LiveColumn(ProgressColumn):
+    """Failed and in-flight counts, read live from the job's `Progress`."""
+
+    #: The job's live counters, once the job has reported.
+    progress: Progress | None = None
+
+    def render(self, task: Any) -> Text:  # noqa: ANN401 -- rich's Task
+        p = self.progress or Progress()
+        speed = f"{task.speed:.1f}/s" if task.speed else "-/s"
+        return Text(f"failed {p.failed}  in flight {p.in_flight}  {speed}")
+
+
+def _count_prompts(path: Path) -> int | None:
+    with path.open(encoding="utf-8") as lines:
+        return sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+@contextlib.contextmanager
+def _prompt_lines(source: str) -> Iterator[Iterator[str]]:
+    if source == "-":
+        yield iter(sys.stdin)
+        return
+    with Path(source).open(encoding="utf-8") as lines:
+        yield lines
+
+
+@app.command("generate-many")
+def generate_many(
+    prompts: Annotated[
+        str, typer.Argument(help="File of prompts, one per line or JSON objects; '-' for stdin.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the photos.")] = Path(
+        "apiframe-photos"
+    ),
+    training_id: Annotated[
+        str | None, typer.Option(help="The trained model. With the fake: one is made.")
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="JSONL manifest path [default: OUT/manifest.jsonl].")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 16,
+    number_of_images: Annotated[int | None, typer.Option(min=1, max=4)] = None,
+    aspect_ratio: Annotated[str | None, typer.Option(help=", ".join(ASPECT_RATIOS))] = None,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Generate photos for many prompts at once, into a folder, with a live progress bar."""
+    total = None if prompts == "-" else _count_prompts(Path(prompts))
+    manifest_path = manifest or out_dir / "manifest.jsonl"
+
+    async def main() -> None:
+        async with _session(api_key, base_url, max_concurrency=max(64, concurrency)) as session:
+            model = training_id or session.trained_model
+            if model is None:
+                raise typer.BadParameter("--training-id is required with a real API key")
+            defaults: dict[str, Any] = {"training_id": model}
+            if number_of_images is not None:
+                defaults["number_of_images"] = number_of_images
+            if aspect_ratio is not None:
+                defaults["aspect_ratio"] = aspect_ratio
+            out_dir.mkdir(parents=True, exist_ok=True)
+            live = _LiveColumn()
+            columns = (
+                TextColumn("[bold]generating"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TaskProgressColumn(),
+                live,
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            )
+            with (
+                _prompt_lines(prompts) as lines,
+                manifest_path.open("w", encoding="utf-8") as manifest_file,
+                ProgressBar(*columns, console=err) as bar,
+            ):
+                bar_task = bar.add_task("generate", total=total)
+
+                def show(progress: Progress) -> None:
+                    live.progress = progress
+                    bar.update(bar_task, completed=progress.done)
+
+                summary = await run_bulk_job(
+                    session.client,
+                    read_prompts(lines, defaults),
+                    out_dir,
+                    manifest=manifest_file,
+                    concurrency=concurrency,
+                    download_client=session.images,
+                    on_progress=show,
+                )
+        err.print(
+            f"{summary.succeeded} prompts done, {summary.failed} failed, "
+            f"{summary.files} photos in {out_dir}/; manifest: {manifest_path}",
+            highlight=False,
+        )
+        if summary.failed:
+            raise typer.Exit(1)
+
+    _run(main)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw; mention the trigger word.")],
+    training_id: Annotated[str | None, typer.Option(help="The trained model.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Save the photos here.")] = None,
+    number_of_images: Annotated[int | None, typer.Option(min=1, max=4)] = None,
+    aspect_ratio: Annotated[str | None, typer.Option(help=", ".join(ASPECT_RATIOS))] = None,
+    width: Annotated[int | None, typer.Option(help="With --aspect-ratio custom.")] = None,
+    height: Annotated[int | None, typer.Option(help="With --aspect-ratio custom.")] = None,
+    seed: int | None = None,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Generate photos for one prompt and print the result as JSON."""
+
+    async def main() -> None:
+        async with _session(api_key, base_url) as session:
+            fields = {
+                "training_id": training_id or session.trained_model or "",
+                "prompt": prompt,
+                "aspect_ratio": aspect_ratio,
+                "width": width,
+                "height": height,
+                "number_of_images": number_of_images,
+                "seed": seed,
+            }
+            request = as_request({k: v for k, v in fields.items() if v is not None})
+            gen = await session.client.generate(request)
+            _print_json(gen)
+            if out_dir is not None:
+                for path in await download(gen, out_dir, http_client=session.images):
+                    err.print(f"saved {path}", highlight=False)
+
+    _run(main)
+
+
+@app.command()
+def upload(
+    photos: Annotated[list[Path], typer.Argument(help="10 to 30 photos of the subject.")],
+    ethnicity: Annotated[str, typer.Option(help=", ".join(ETHNICITIES))],
+    gender: Annotated[str, typer.Option(help=", ".join(GENDERS))],
+    age: int | None = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the photos are ready.")] = True,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Upload photos of a subject and prepare them for training."""
+
+    async def main() -> None:
+        async with _session(api_key, base_url) as session:
+            submitted = await session.client.upload_images(
+                photos,
+                # Checked against the allowed values by the client, before anything is sent.
+                ethnicity=cast("Ethnicity", ethnicity),
+                gender=cast("Gender", gender),
+                age=age,
+            )
+            _print_json(await session.client.wait(submitted.task_id) if wait else submitted)
+
+    _run(main)
+
+
+def _show_progress(task: Task) -> None:
+    if task.percentage is not None:
+        err.print(f"{task.task_id}: {task.status} {task.percentage}%", highlight=False)
+
+
+@app.command()
+def train(
+    training_images_id: Annotated[str, typer.Argument(help="The finished upload's task id.")],
+    trigger_word: str | None = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the training ends.")] = True,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Train a model on prepared photos."""
+
+    async def main() -> None:
+        async with _session(api_key, base_url) as session:
+            submitted = await session.client.train(training_images_id, trigger_word=trigger_word)
+            if wait:
+                _print_json(
+                    await session.client.wait(submitted.task_id, on_progress=_show_progress)
+                )
+            else:
+                _print_json(submitted)
+
+    _run(main)
+
+
+@app.command("wait")
+def wait_command(
+    task_id: str,
+    deadline: Annotated[float | None, typer.Option(help="Seconds to wait at most.")] = None,
+    api_key: ApiKey = None,
+    base_url: BaseUrl = None,
+) -> None:
+    """Wait until a task ends and print it."""
+
+    async def main() -> None:
+        async with _session(api_key, base_url) as session:
+            task = await session.client.wait(task_id, deadline=deadline, on_progress=_show_progress)
+            _print_json(task)
+
+    _run(main)
+
+
+@app.command()
+def fetch(task_ids: list[str], api_key: ApiKey = None, base_url: BaseUrl = None) -> None:
+    """Print the current state of one or more tasks."""
+
+    async def main() -> None:
+        async with _session(api_key, base_url) as session:
+            batch = await session.client.fetch_many(task_ids)
+            _print_json(
+                {
+                    "tasks": [attrs.asdict(t) for t in batch.tasks.values()],
+                    "missing": list(batch.missing),
+                }
+            )
+
+    _run(main)
+
+
+@app.command()
+def account(api_key: ApiKey = None, base_url: BaseUrl = None) -> None:
+    """Print the account: email, credits, images made, plan."""
+
+    async def main() -> None:
+        async with _session(api_key, base_url) as session:
+            _print_json(await session.client.account())
+
+    _run(main)
+
+
+@app.command("serve-fake")
+def serve_fake(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: Annotated[str, typer.Option(help="The key the fake accepts.")] = "fake-api-key",
+    seed: int | None = None,
+) -> None:
+    """Serve the fake APIFRAME on a local port (needs the `server` extra: uvicorn)."""
+    from .testing import run_fake_server  # noqa: PLC0415 -- only for this command
+
+    err.print(f"fake APIFRAME on http://{host}:{port} (key {api_key!r}); Ctrl-C stops it")
+    try:
+        run_fake_server(host, port, api_key=api_key, seed=seed)
+    except ImportError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    """The `apiframe` entry point."""
+    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
+    app()
