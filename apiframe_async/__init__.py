@@ -30,9 +30,11 @@ from ._errors import (
     ServerError,
     TaskFailedError,
     TaskTimeoutError,
+    UncertainSubmissionError,
 )
 from ._fanout import BulkJob, Outcome, Progress, RequestLike
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource
+from ._journal import Journal, ReplayPolicy, UncertainPolicy
 from ._models import (
     ASPECT_RATIOS,
     ETHNICITIES,
@@ -82,12 +84,14 @@ __all__ = [
     "GenerateRequest",
     "Generation",
     "ImageSource",
+    "Journal",
     "NotFoundError",
     "Outcome",
     "PermissionDeniedError",
     "PollPolicy",
     "Progress",
     "RateLimitError",
+    "ReplayPolicy",
     "RequestLike",
     "RequestTimeoutError",
     "RequestValidationError",
@@ -101,6 +105,8 @@ __all__ = [
     "TaskStatus",
     "TaskTimeoutError",
     "TrainRequest",
+    "UncertainPolicy",
+    "UncertainSubmissionError",
     "UploadRequest",
     "WebhookReceiver",
     "__version__",

@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterable, Callable, Iterable
 from importlib.metadata import version
 from types import TracebackType
-from typing import Any, Self, overload
+from typing import Any, Self, get_args, overload
 
 import anyio
 import attrs
@@ -17,6 +17,7 @@ from ._errors import ApiframeError, NotFoundError, RequestValidationError
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, as_request
 from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
+from ._journal import Journal, JournaledWork, ReplayPolicy, UncertainPolicy
 from ._models import (
     Account,
     AspectRatio,
@@ -282,6 +283,10 @@ class AsyncApiframe:
         fail_fast: bool = False,
         adaptive: bool = True,
         on_progress: Callable[[Progress], object] | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        on_uncertain: UncertainPolicy = "skip",
+        replay: ReplayPolicy = "yield",
+        key: Callable[[GenerateRequest], str] | None = None,
     ) -> BulkJob[Generation]:
         """Generate for many requests at once: bounded, lazy, streaming, cancel-safe.
 
@@ -314,9 +319,20 @@ class AsyncApiframe:
                 503) and grow back by one per window of successes, up to `concurrency`.
                 Requests turned away that way are tried again, as they cost nothing.
             on_progress: Called with the job's `Progress` each time a request ends.
+            journal: A SQLite file (or `Journal`) that records each paid request before
+                and after it is sent, so that a job run again with the same journal sends
+                only what is not done yet. See `Journal`.
+            on_uncertain: With a journal, what to do with requests that may have been
+                charged by an earlier run that stopped mid-request: `"skip"` (the default:
+                a failed outcome with `UncertainSubmissionError`) or `"resend"`.
+            replay: With a journal, `"yield"` the recorded results of requests done by an
+                earlier run (outcomes with `replayed=True`), or `"skip"` them.
+            key: With a journal, an item's identity from its request (default: a hash of
+                its fields; identical requests are told apart by their order).
 
         Raises:
-            RequestValidationError: `concurrency` is not within 1 to `max_concurrency`.
+            RequestValidationError: `concurrency` is not within 1 to `max_concurrency`,
+                or a policy is not one of its values.
         """
         if not 1 <= concurrency <= self.max_concurrency:
             raise RequestValidationError(
@@ -326,16 +342,31 @@ class AsyncApiframe:
             )
         if fail_fast and isinstance(requests, list | tuple):
             requests = [as_request(item) for item in requests]
+        options: dict[str, Any] = {}
+        if journal is not None:
+            _check_choice("on_uncertain", on_uncertain, get_args(UncertainPolicy))
+            _check_choice("replay", replay, get_args(ReplayPolicy))
+            work = JournaledWork(
+                journal if isinstance(journal, Journal) else Journal(journal),
+                self._generate,
+                on_uncertain=on_uncertain,
+                key=key,
+            )
+            options = {"claim": work.claim, "yield_replayed": replay == "yield"}
         return BulkJob(
             requests,
-            self._generate,
+            work if journal is not None else self._generate_claimed,
             concurrency=concurrency,
             ordered=ordered,
             fail_fast=fail_fast,
             adaptive=adaptive,
             on_progress=on_progress,
             pushbacks=lambda: self._sender.pushbacks,
+            **options,
         )
+
+    async def _generate_claimed(self, request: GenerateRequest, _claim: object) -> Generation:
+        return await self._generate(request)
 
     async def generate_all(
         self,
@@ -573,6 +604,13 @@ class AsyncApiframe:
         """The account behind the key: email, credits left, images made, plan."""
         reply = await self._sender.call(ACCOUNT, timeout=timeout)
         return self._wire.structure(reply.data, Account, body=reply.text)
+
+
+def _check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RequestValidationError(
+            field, f"{value!r} is not valid", allowed=", ".join(repr(a) for a in allowed)
+        )
 
 
 def _check_task_id(task_id: object) -> None:

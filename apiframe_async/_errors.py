@@ -16,6 +16,7 @@ ApiframeError
 ├── ResponseValidationError                     a reply that does not fit the contract
 ├── TaskFailedError                             the task ended with status "failed"
 ├── TaskTimeoutError (also TimeoutError)        a wait's deadline passed; the task lives on
+├── UncertainSubmissionError                    a resumed job's request may have been charged
 └── DownloadError                               a photo could not be saved safely
 ```
 
@@ -256,3 +257,23 @@ class DownloadError(ApiframeError):
         self.url = url
         self.reason = reason
         super().__init__(f"cannot save {url}: {reason}")
+
+
+class UncertainSubmissionError(ApiframeError):
+    """A request may have been charged, and nothing can tell; it was not sent again.
+
+    A previous run stopped (or lost the connection) while this request was in flight.
+    Check your APIFRAME dashboard, or resume with `on_uncertain="resend"` to send it again
+    and accept paying twice if it had gone through.
+
+    Attributes:
+        key: The item's identity in the journal.
+    """
+
+    def __init__(self, key: str, detail: str) -> None:
+        """Build the error from the item's key and what was last known of it."""
+        self.key = key
+        super().__init__(
+            f"request {key[:12]} may already have been submitted ({detail}); not sent again: "
+            'resume with on_uncertain="resend" to send it anyway'
+        )

@@ -47,12 +47,15 @@ class Outcome(Generic[T]):
         request: The request as it was given (a mapping, if that is what came).
         result: The result, when the request succeeded.
         error: The typed error, when it failed.
+        replayed: True when the result comes from a journal: a previous run of the job
+            got it, and nothing was sent this time.
     """
 
     index: int
     request: RequestLike
     result: T | None = None
     error: ApiframeError | None = None
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -89,6 +92,28 @@ class Progress:
     def done(self) -> int:
         """Requests that ended, either way."""
         return self.succeeded + self.failed
+
+
+@attrs.frozen
+class Replay(Generic[T]):
+    """What a job's work gives for an item already done by an earlier run: its result."""
+
+    result: T
+
+
+Work = Callable[[GenerateRequest, Any], Awaitable["T | Replay[T]"]]
+"""A job's work: (request, its claim) to a result, or a `Replay` of an earlier one."""
+
+
+@attrs.frozen
+class _Skipped:
+    """Stands in the outcome stream for an item not to be yielded, to keep the order."""
+
+    index: int
+
+
+def _no_claim(_index: int, _request: GenerateRequest) -> None:
+    return None
 
 
 class AdaptiveLimit:
@@ -202,7 +227,7 @@ class BulkJob(Generic[T]):
     def __init__(
         self,
         source: Iterable[object] | AsyncIterable[object],
-        work: Callable[[GenerateRequest], Awaitable[T]],
+        work: Work[T],
         *,
         concurrency: int,
         ordered: bool,
@@ -211,12 +236,19 @@ class BulkJob(Generic[T]):
         on_progress: Callable[[Progress], object] | None,
         pushbacks: Callable[[], int] = lambda: 0,
         overload_rounds: int = 10,
+        claim: Callable[[int, GenerateRequest], Any] = _no_claim,
+        yield_replayed: bool = True,
     ) -> None:
         """Prepare the job; nothing runs before `async with`.
 
         `pushbacks` counts the server's 429 and 503 answers, retried ones included, so
-        the adaptive limit hears of pressure that the retries hide.
+        the adaptive limit hears of pressure that the retries hide. `claim` is called in
+        input order as each request is pulled, and its value handed to `work` (a journal
+        numbers identical requests with it). Replays are yielded as outcomes unless
+        `yield_replayed` is False.
         """
+        self._claim = claim
+        self._yield_replayed = yield_replayed
         self._pushbacks = pushbacks
         self._overload_rounds = overload_rounds
         self._input: _Input[object] = _Input(source)
@@ -229,11 +261,13 @@ class BulkJob(Generic[T]):
         self.progress = Progress(concurrency=concurrency)
         # Outcomes pulled but not yet read by the caller are bounded by this window.
         self._window = anyio.Semaphore(2 * concurrency)
-        self._send, self._receive = anyio.create_memory_object_stream[Outcome[T]](math.inf)
+        self._send, self._receive = anyio.create_memory_object_stream[Outcome[T] | _Skipped](
+            math.inf
+        )
         self._task_group: TaskGroup | None = None
         self._workers_left = concurrency
         self._next_index = 0
-        self._reorder: dict[int, Outcome[T]] = {}
+        self._reorder: dict[int, Outcome[T] | _Skipped] = {}
 
     async def __aenter__(self) -> Self:
         """Start the workers."""
@@ -269,24 +303,24 @@ class BulkJob(Generic[T]):
 
     async def __anext__(self) -> Outcome[T]:
         """The next outcome: in completion order, or in input order if `ordered`."""
-        if self._ordered:
-            outcome = await self._next_in_order()
-        else:
-            try:
-                outcome = await self._receive.receive()
-            except anyio.EndOfStream:
-                raise StopAsyncIteration from None
-        self._window.release()
+        while True:
+            outcome = await (self._next_in_order() if self._ordered else self._next_received())
+            self._window.release()
+            if isinstance(outcome, Outcome):
+                break
         if self._fail_fast and outcome.error is not None:
             raise outcome.error
         return outcome
 
-    async def _next_in_order(self) -> Outcome[T]:
+    async def _next_received(self) -> Outcome[T] | _Skipped:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def _next_in_order(self) -> Outcome[T] | _Skipped:
         while self._next_index not in self._reorder:
-            try:
-                outcome = await self._receive.receive()
-            except anyio.EndOfStream:
-                raise StopAsyncIteration from None
+            outcome = await self._next_received()
             self._reorder[outcome.index] = outcome
         self._next_index += 1
         return self._reorder.pop(self._next_index - 1)
@@ -299,26 +333,28 @@ class BulkJob(Generic[T]):
                 if pulled is None:
                     self._window.release()
                     return
-                outcome = await self._run_one(*pulled)
-                self._send.send_nowait(outcome)
+                self._send.send_nowait(await self._run_one(*pulled))
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
                 self._send.close()
 
-    async def _run_one(self, index: int, item: object) -> Outcome[T]:
+    async def _run_one(self, index: int, item: object) -> Outcome[T] | _Skipped:
+        """The item's outcome, or a marker for a replayed item the caller does not want."""
         try:
             request = as_request(item)
         except RequestValidationError as exc:
             self._tally(exc)
             return Outcome(index=index, request=_as_given(item), error=exc)
+        # Before any await: claims are made in input order.
+        claim = self._claim(index, request)
         self.progress.submitted += 1
         for round_ in range(self._overload_rounds + 1):
             async with self._limit:
                 self.progress.in_flight += 1
                 pushbacks = self._pushbacks()
                 try:
-                    result = await self._work(request)
+                    result = await self._work(request, claim)
                 except ApiframeError as exc:
                     self._count(error=exc, pushed_back=self._pushbacks() > pushbacks)
                     # 429 and 503 prove the request was turned away unprocessed: the job
@@ -329,6 +365,10 @@ class BulkJob(Generic[T]):
                     return Outcome(index=index, request=request, error=exc)
             self._count(error=None, pushed_back=self._pushbacks() > pushbacks)
             self._tally(None)
+            if isinstance(result, Replay):
+                if not self._yield_replayed:
+                    return _Skipped(index)
+                return Outcome(index=index, request=request, result=result.result, replayed=True)
             return Outcome(index=index, request=request, result=result)
         raise AssertionError  # pragma: no cover -- the loop always returns
 

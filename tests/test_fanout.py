@@ -369,7 +369,7 @@ async def test_generate_all_returns_input_order(
 async def test_memory_stays_bounded_for_a_huge_lazy_input() -> None:
     """The machinery holds O(concurrency) state: 20,000 items cost no more than 500."""
 
-    async def work(request: GenerateRequest) -> str:
+    async def work(request: GenerateRequest, _claim: object) -> str:
         await anyio.lowlevel.checkpoint()
         return request.prompt
 
