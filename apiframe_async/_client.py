@@ -13,7 +13,7 @@ import anyio
 import attrs
 import httpx
 
-from ._errors import ApiframeError, NotFoundError, RequestValidationError
+from ._errors import ApiframeError, NotFoundError, RequestValidationError, ResponseValidationError
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, as_request
 from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
@@ -61,8 +61,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def _checked_base_url(base_url: str, *, allow_insecure: bool) -> str:
-    url = httpx.URL(base_url)
-    if url.scheme not in ("http", "https") or not url.host:
+    try:
+        url = httpx.URL(base_url)
+        port = url.port  # httpx checks the port's range only when it is read
+    except (httpx.InvalidURL, ValueError):
+        url, port = httpx.URL(), None
+    if url.scheme not in ("http", "https") or not url.host or not 0 < (port or 1) < 65536:  # noqa: PLR2004
         raise RequestValidationError(
             "base_url", f"{base_url!r} is not an http(s) URL", allowed="https://host[/path]"
         )
@@ -166,7 +170,11 @@ class AsyncApiframe:
             user_agent=_USER_AGENT,
         )
         self._wire = Wire()
-        self._poller = Poller(self._fetch_ids, poll or PollPolicy())
+        self._poller = Poller(
+            self._fetch_ids,
+            poll or PollPolicy(),
+            fetch_url=f"{self._sender.base_url}{FETCH_MANY.path}",
+        )
         self._webhooks = webhooks
         self._unsubscribe = webhooks.subscribe(self._poller.deliver) if webhooks else None
 
@@ -256,21 +264,28 @@ class AsyncApiframe:
             TaskFailedError: The generation failed; carries the server's reason.
             APIStatusError: The server refused (400, 401, 429 past the retries, ...).
         """
-        if request is None:
-            request = as_request(fields)
-        elif fields:
+        if request is not None and fields:
             raise RequestValidationError(
                 next(iter(fields)),
                 "cannot be combined with a GenerateRequest",
                 allowed="a GenerateRequest or keyword fields, not both",
             )
-        return await self._generate(request, timeout=timeout)
+        return await self._generate(
+            as_request(fields if request is None else request), timeout=timeout
+        )
 
     async def _generate(
         self, request: GenerateRequest, *, timeout: TimeoutTypes = None
     ) -> Generation:
         reply = await self._sender.call(GENERATE, self._wire.body(request), timeout=timeout)
-        task = self._wire.task(reply.data, body=reply.text)
+        task = reply.parse(lambda data: self._wire.task(data, body=reply.text))
+        if not task.is_terminal and not task.task_id.strip():
+            raise ResponseValidationError(
+                ["$.task_id: a running generation came back without a task id to wait on"],
+                body=reply.text,
+                method=GENERATE.method,
+                url=str(reply.response.request.url),
+            )
         task = checked(task) if task.is_terminal else await self.wait(task.task_id)
         return self._wire.generation(task)
 
@@ -408,7 +423,7 @@ class AsyncApiframe:
         reply = await self._sender.call(
             FETCH, {"task_id": task_id}, timeout=timeout, task_id=task_id
         )
-        return self._wire.task(reply.data, task_id=task_id, body=reply.text)
+        return reply.parse(lambda data: self._wire.task(data, task_id=task_id, body=reply.text))
 
     async def fetch_many(self, task_ids: Iterable[str]) -> TaskBatch:
         """The current state of any number of tasks, 20 ids per request, in parallel.
@@ -453,7 +468,7 @@ class AsyncApiframe:
             except NotFoundError:
                 return []
         reply = await self._sender.call(FETCH_MANY, {"task_ids": ids})
-        return self._wire.tasks(reply.data, body=reply.text)
+        return reply.parse(lambda data: self._wire.tasks(data, body=reply.text))
 
     async def _fetch_ids(self, ids: list[str]) -> TaskBatch:
         return await self.fetch_many(ids)
@@ -551,7 +566,7 @@ class AsyncApiframe:
             webhook_secret=hook_secret,
         )
         reply = await self._sender.call(UPLOAD, self._wire.body(request), timeout=timeout)
-        return self._wire.structure(reply.data, SubmittedTask, body=reply.text)
+        return reply.parse(lambda data: self._wire.structure(data, SubmittedTask, body=reply.text))
 
     async def train(
         self,
@@ -590,7 +605,7 @@ class AsyncApiframe:
             webhook_secret=hook_secret,
         )
         reply = await self._sender.call(TRAIN, self._wire.body(request), timeout=timeout)
-        return self._wire.structure(reply.data, SubmittedTask, body=reply.text)
+        return reply.parse(lambda data: self._wire.structure(data, SubmittedTask, body=reply.text))
 
     def _webhook_defaults(
         self, url: str | None, secret: str | None
@@ -603,7 +618,7 @@ class AsyncApiframe:
     async def account(self, *, timeout: TimeoutTypes = None) -> Account:
         """The account behind the key: email, credits left, images made, plan."""
         reply = await self._sender.call(ACCOUNT, timeout=timeout)
-        return self._wire.structure(reply.data, Account, body=reply.text)
+        return reply.parse(lambda data: self._wire.structure(data, Account, body=reply.text))
 
 
 def _check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:

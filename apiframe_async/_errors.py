@@ -109,6 +109,8 @@ class APIStatusError(ApiframeError):
         url: The URL of the request.
         body: The reply body as text, cut to a sane length.
         task_id: The task the request was about, when known.
+        retry_after: Seconds the server asked us to wait (`Retry-After`, sent with 429
+            and often with 503), if it said.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class APIStatusError(ApiframeError):
         url: str,
         body: str,
         task_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         """Build the error; the text holds the status, the request and the server's words."""
         self.status_code = status_code
@@ -127,6 +130,9 @@ class APIStatusError(ApiframeError):
         self.url = url
         self.body = excerpt(body)
         self.task_id = task_id
+        self.retry_after = retry_after
+        if retry_after is not None:
+            message = f"{message}, retry after {retry_after:g} s"
         super().__init__(f"{status_code} {message} ({method} {url})")
 
 
@@ -163,18 +169,7 @@ class RequestTimeoutError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: too many requests.
-
-    Attributes:
-        retry_after: Seconds the server asked us to wait (`Retry-After`), if it said.
-    """
-
-    def __init__(self, message: str, *, retry_after: float | None, **kwargs: Any) -> None:  # noqa: ANN401
-        """Build the error with the wait the server asked for."""
-        self.retry_after = retry_after
-        if retry_after is not None:
-            message = f"{message}, retry after {retry_after:g} s"
-        super().__init__(message, **kwargs)
+    """429: too many requests; `retry_after` says how long to wait, when the server said."""
 
 
 class ServerError(APIStatusError):

@@ -12,17 +12,20 @@ import json
 import logging
 import math
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 import anyio
 import attrs
 import httpx
 
-from ._errors import APIConnectionError, APITimeoutError, RateLimitError, ResponseValidationError
+from ._errors import APIConnectionError, APITimeoutError, ResponseValidationError
 from ._retry import RetryPolicy, call_with_retries
 from ._status import status_error
 
 logger = logging.getLogger("apiframe_async")
+
+T = TypeVar("T")
 
 #: A per-call timeout: seconds for every phase, an `httpx.Timeout`, or None for the client's.
 TimeoutTypes = float | httpx.Timeout | None
@@ -62,6 +65,16 @@ class Reply:
     def text(self) -> str:
         """The body as text, for the context of an error found later."""
         return self.response.text
+
+    def parse(self, parse: Callable[[Any], T]) -> T:
+        """`parse(data)`, with the request named in any `ResponseValidationError`."""
+        try:
+            return parse(self.data)
+        except ResponseValidationError as exc:
+            request = self.response.request
+            raise ResponseValidationError(
+                exc.problems, body=exc.body, method=request.method, url=str(request.url)
+            ) from exc.__cause__
 
 
 class Sender:
@@ -158,15 +171,30 @@ class Sender:
                     url=url,
                     may_have_been_submitted=not isinstance(exc, _NOT_SENT),
                 ) from exc
+            except httpx.DecodingError as exc:
+                raise ResponseValidationError(
+                    [f"$: the body could not be decoded ({exc})"], body="", method=method, url=url
+                ) from exc
+            except httpx.HTTPError as exc:
+                # Anything else httpx may add: the request may have gone out.
+                raise APIConnectionError(
+                    f"request failed: {type(exc).__name__}: {exc}",
+                    method=method,
+                    url=url,
+                    may_have_been_submitted=True,
+                ) from exc
         logger.debug("%s %s -> %d", method, url, response.status_code)
         if response.is_success:
-            return Reply(_decode(response, method, url), response)
-        error = status_error(response, method=method, url=url, task_id=task_id)
+            return Reply(_decode(response, method, url, self._redact), response)
+        error = status_error(response, method=method, url=url, task_id=task_id, redact=self._redact)
         if response.status_code in _PUSHBACK_STATUSES:
             self.pushbacks += 1
-        if isinstance(error, RateLimitError):
             self._pause_for(error.retry_after)
         raise error
+
+    def _redact(self, text: str) -> str:
+        # A server that quotes the key back ("invalid key abc...") must not put it in our errors.
+        return text.replace(self._headers["Authorization"], "[redacted]")
 
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
@@ -203,7 +231,7 @@ class Sender:
             await anyio.sleep(delay)
 
 
-def _decode(response: httpx.Response, method: str, url: str) -> Any:  # noqa: ANN401
+def _decode(response: httpx.Response, method: str, url: str, redact: Callable[[str], str]) -> Any:  # noqa: ANN401
     try:
         return json.loads(response.content)
     except ValueError as exc:
@@ -211,7 +239,7 @@ def _decode(response: httpx.Response, method: str, url: str) -> Any:  # noqa: AN
         content_type = response.headers.get("content-type", "none")
         raise ResponseValidationError(
             [f"$: {problem}, content-type {content_type}"],
-            body=response.text,
+            body=redact(response.text),
             method=method,
             url=url,
         ) from exc

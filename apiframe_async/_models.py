@@ -103,6 +103,9 @@ class TaskStatus(enum.StrEnum):
     def _missing_(cls, value: object) -> TaskStatus | None:
         if not isinstance(value, str):
             return None
+        if value.lower() in cls._value2member_map_:
+            # "FINISHED" is the documented "finished" in other clothes, not a new status.
+            return cls(value.lower())
         member = str.__new__(cls, value)
         member._name_ = value.upper()
         member._value_ = value
@@ -116,7 +119,7 @@ class TaskStatus(enum.StrEnum):
     @property
     def is_known(self) -> bool:
         """Whether the status is one the API documents."""
-        return self._name_ in type(self).__members__
+        return self._value_ in type(self)._value2member_map_
 
 
 def _check_custom_size(request: GenerateRequest) -> None:

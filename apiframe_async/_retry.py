@@ -27,7 +27,7 @@ import anyio
 import attrs
 import tenacity
 
-from ._errors import APIConnectionError, APIStatusError, RateLimitError
+from ._errors import APIConnectionError, APIStatusError
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ class RetryPolicy:
 
     def should_retry(self, exc: BaseException, *, paid: bool) -> bool:
         """Whether `exc` from a request (paid or free) may be retried under these rules."""
-        if isinstance(exc, RateLimitError) and (exc.retry_after or 0) > self.max_retry_after:
+        if isinstance(exc, APIStatusError) and (exc.retry_after or 0) > self.max_retry_after:
             return False
         if isinstance(exc, APIConnectionError):
             return not (paid and exc.may_have_been_submitted)
@@ -77,7 +77,7 @@ class RetryPolicy:
     def wait(self, state: tenacity.RetryCallState) -> float:
         """Seconds to wait before the next attempt: `Retry-After` if sent, else full jitter."""
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+        if isinstance(exc, APIStatusError) and exc.retry_after is not None:
             return exc.retry_after
         return self._full_jitter(state)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -71,10 +71,18 @@ def _server_words(data: Mapping[str, Any], default: str) -> str:
 
 
 def status_error(
-    response: httpx.Response, *, method: str, url: str, task_id: str | None = None
+    response: httpx.Response,
+    *,
+    method: str,
+    url: str,
+    task_id: str | None = None,
+    redact: Callable[[str], str] = lambda text: text,
 ) -> APIStatusError:
-    """The typed error for an error reply; tolerant of any body (HTML, empty, truncated)."""
-    text = response.text
+    """The typed error for an error reply; tolerant of any body (HTML, empty, truncated).
+
+    `redact` cleans the body of secrets before any of it is kept.
+    """
+    text = redact(response.text)
     data = _json_object(text)
     status = response.status_code
     context: dict[str, Any] = {
@@ -83,6 +91,7 @@ def status_error(
         "url": url,
         "body": text,
         "task_id": task_id,
+        "retry_after": parse_retry_after(response.headers.get("retry-after")),
     }
     message = _server_words(data, response.reason_phrase or "error")
     if status == 400:  # noqa: PLR2004
@@ -92,6 +101,5 @@ def status_error(
             items = [{"msg": message}]
         return BadRequestError(errors=items, **context)
     if status == 429:  # noqa: PLR2004
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
-        return RateLimitError(message, retry_after=retry_after, **context)
+        return RateLimitError(message, **context)
     return _BY_STATUS.get(status, ServerError)(message, **context)

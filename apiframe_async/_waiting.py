@@ -79,10 +79,15 @@ class Poller:
     """The polling loop every wait of one client shares. Owns no task: waiters take turns."""
 
     def __init__(
-        self, fetch_batch: Callable[[list[str]], Awaitable[TaskBatch]], policy: PollPolicy
+        self,
+        fetch_batch: Callable[[list[str]], Awaitable[TaskBatch]],
+        policy: PollPolicy,
+        *,
+        fetch_url: str,
     ) -> None:
-        """Poll through `fetch_batch` (the client's `fetch_many`) at `policy`'s pace."""
+        """Poll through `fetch_batch` (the client's `fetch_many`, at `fetch_url`)."""
         self._fetch_batch = fetch_batch
+        self._fetch_url = fetch_url
         self.policy = policy
         self._waiters: dict[str, list[_Waiter]] = {}
         self._turn = anyio.Lock()
@@ -139,7 +144,7 @@ class Poller:
                     f"task {waiter.task_id} is unknown to the server",
                     status_code=404,
                     method="POST",
-                    url="/fetch-many",
+                    url=self._fetch_url,
                     body="",
                     task_id=waiter.task_id,
                 )

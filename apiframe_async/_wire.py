@@ -62,7 +62,7 @@ def _percentage(value: object, _: object) -> int | None:
     if isinstance(value, str):
         try:
             return round(float(value))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(f"expected a number or a numeric string, got {value!r}") from None
     if isinstance(value, int | float) and not isinstance(value, bool):
         return round(value)
@@ -70,7 +70,9 @@ def _percentage(value: object, _: object) -> int | None:
 
 
 def _datetime(value: object, _: object) -> dt.datetime:
-    return dt.datetime.fromisoformat(_strict_str(value))
+    parsed = dt.datetime.fromisoformat(_strict_str(value))
+    # A timestamp without an offset is the server's UTC; naive datetimes break comparisons.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
 def _status(value: object, _: object) -> TaskStatus:
@@ -122,6 +124,16 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(TaskStatus, _status)
     converter.register_structure_hook(dt.datetime, _datetime)
+    # cattrs turns any iterable into a tuple: a string would become a tuple of letters.
+    strings = converter.get_structure_hook(tuple[str, ...])
+
+    def _list_of_strings(value: object, type_: Any) -> tuple[str, ...]:  # noqa: ANN401
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        result: tuple[str, ...] = strings(value, type_)
+        return result
+
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _list_of_strings)
 
     as_string = override(unstruct_hook=_int_to_wire_string)
     converter.register_unstructure_hook(

@@ -41,7 +41,10 @@ def api() -> Iterator[respx.MockRouter]:
 async def client(api: respx.MockRouter) -> AsyncIterator[AsyncApiframe]:
     """A client whose requests all reach the `api` router, with fast retries and polls."""
     http = httpx.AsyncClient(transport=httpx.MockTransport(api.async_handler))
-    async with http, AsyncApiframe(
-        api_key=API_KEY, base_url=BASE_URL, http_client=http, retry=FAST_RETRY, poll=FAST_POLL
-    ) as apiframe:
+    async with (
+        http,
+        AsyncApiframe(
+            api_key=API_KEY, base_url=BASE_URL, http_client=http, retry=FAST_RETRY, poll=FAST_POLL
+        ) as apiframe,
+    ):
         yield apiframe
