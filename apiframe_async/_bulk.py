@@ -20,6 +20,7 @@ from ._client import AsyncApiframe
 from ._download import download
 from ._errors import ApiframeError, RequestValidationError
 from ._fanout import Outcome, Progress, RequestLike
+from ._journal import UncertainPolicy
 from ._models import GenerateRequest, Generation
 
 #: Photos saved at once while generations go on.
@@ -88,6 +89,7 @@ def _manifest_line(outcome: Outcome[Generation], files: list[Path], error: Excep
         "prompt": fields.get("prompt"),
         "task_id": outcome.result.task_id if outcome.result else None,
         "files": [str(f) for f in files],
+        "replayed": outcome.replayed,
         "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
     }
     return json.dumps(entry, ensure_ascii=False, default=str) + "\n"
@@ -102,12 +104,15 @@ async def run_bulk_job(
     concurrency: int = 16,
     download_client: httpx.AsyncClient | None = None,
     on_progress: Callable[[Progress], object] | None = None,
+    journal: str | os.PathLike[str] | None = None,
+    on_uncertain: UncertainPolicy = "skip",
 ) -> BulkSummary:
     """Generate for every request, save the photos into `out_dir`, write the manifest.
 
     Photos are saved while the next generations run. Each request gets one JSON line in
-    `manifest`: `index`, `prompt`, `task_id`, `files`, and `error` (`null`, or its type and
-    message).
+    `manifest`: `index`, `prompt`, `task_id`, `files`, `replayed`, and `error` (`null`, or
+    its type and message). With a `journal`, a rerun pays only for what is not done yet
+    (see `Journal`); photos already saved are not fetched again.
     """
     summary = BulkSummary()
     # Taken before a save starts, given back when it ends: generations outrunning the
@@ -135,7 +140,13 @@ async def run_bulk_job(
         manifest.flush()
 
     try:
-        job = client.generate_many(requests, concurrency=concurrency, on_progress=on_progress)
+        job = client.generate_many(
+            requests,
+            concurrency=concurrency,
+            on_progress=on_progress,
+            journal=journal,
+            on_uncertain=on_uncertain,
+        )
         async with anyio.create_task_group() as tg, job as outcomes:
             async for outcome in outcomes:
                 await slots.acquire()

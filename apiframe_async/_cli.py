@@ -7,6 +7,7 @@ can try the whole flow, and the bulk job writes real image files, with nothing t
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import sys
@@ -62,6 +63,13 @@ ApiKey = Annotated[
 BaseUrl = Annotated[
     str | None, typer.Option(envvar="APIFRAME_BASE_URL", show_envvar=True, help="API base URL.")
 ]
+
+
+class UncertainChoice(enum.StrEnum):
+    """`--on-uncertain`: skip requests that may have been charged, or send them again."""
+
+    skip = "skip"
+    resend = "resend"
 
 
 @attrs.frozen
@@ -178,11 +186,19 @@ def generate_many(
         str | None, typer.Option(help="The trained model. With the fake: one is made.")
     ] = None,
     manifest: Annotated[
-        Path | None, typer.Option(help="JSONL manifest path [default: OUT/manifest.jsonl].")
+        Path | None, typer.Option(help="JSONL manifest path (default: OUT/manifest.jsonl).")
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=256)] = 16,
     number_of_images: Annotated[int | None, typer.Option(min=1, max=4)] = None,
     aspect_ratio: Annotated[str | None, typer.Option(help=", ".join(ASPECT_RATIOS))] = None,
+    journal: Annotated[
+        Path | None,
+        typer.Option(help="SQLite journal: run the same command again to resume, paying once."),
+    ] = None,
+    on_uncertain: Annotated[
+        UncertainChoice,
+        typer.Option(help="With --journal: requests a killed run left in flight."),
+    ] = UncertainChoice.skip,
     api_key: ApiKey = None,
     base_url: BaseUrl = None,
 ) -> None:
@@ -231,6 +247,8 @@ def generate_many(
                     concurrency=concurrency,
                     download_client=session.images,
                     on_progress=show,
+                    journal=journal,
+                    on_uncertain=on_uncertain.value,
                 )
         err.print(
             f"{summary.succeeded} prompts done, {summary.failed} failed, "

@@ -8,8 +8,9 @@ How the bounds hold:
   outcome has been handed to the caller. Items pulled, in flight and waiting to be read
   therefore never exceed the window, whatever the input's size and however slowly the
   caller reads: memory is O(concurrency), ordered or not.
-- Under pressure (429, 503) an adaptive limit halves the requests in flight, then grows
-  back by one per window of successes, never above `concurrency`.
+- Under pressure (429, 503) an adaptive limit cuts the requests in flight by a quarter
+  (down to a quarter of `concurrency` at most), then grows back by one per window of
+  successes, never above `concurrency`.
 """
 
 from __future__ import annotations
@@ -117,17 +118,21 @@ def _no_claim(_index: int, _request: GenerateRequest) -> None:
 
 
 class AdaptiveLimit:
-    """An AIMD bound on requests in flight: halve on overload, grow by one per window.
+    """An AIMD bound on requests in flight: shrink on overload, grow by one per window.
 
-    A window is as many completed requests as the limit allows in flight: at most one
-    decrease per window, since the requests already in flight when the server pushed
-    back tell nothing new. Disabled, it is a plain fixed limit of `ceiling`.
+    On a 429 or 503 the limit drops to three quarters, at most once per window (as many
+    completed requests as the limit allows in flight: the requests already in flight when
+    the server pushed back tell nothing new), and never below a quarter of the ceiling:
+    the server's `Retry-After`, which pauses every request of the client, and the retry
+    backoff do the rest. Each window without pushback adds one, up to the ceiling.
+    Disabled, it is a plain fixed limit of `ceiling`.
     """
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
         """Start at `ceiling`, the caller's concurrency, which it never exceeds."""
         self._limiter = anyio.CapacityLimiter(ceiling)
         self._ceiling = ceiling
+        self._floor = max(1, ceiling // 4)
         self._adaptive = adaptive
         self._successes = 0
         self._since_decrease = ceiling
@@ -152,9 +157,9 @@ class AdaptiveLimit:
         self._since_decrease += 1
         if overloaded:
             self._successes = 0
-            if self.current > 1 and self._since_decrease >= self.current:
+            if self.current > self._floor and self._since_decrease >= self.current:
                 self._since_decrease = 0
-                self._limiter.total_tokens = max(1, self.current // 2)
+                self._limiter.total_tokens = max(self._floor, self.current * 3 // 4)
                 logger.info("server pushed back: concurrency lowered to %d", self.current)
         elif ok and self.current < self._ceiling:
             self._successes += 1
