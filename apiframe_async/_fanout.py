@@ -221,6 +221,13 @@ class _Input(Generic[T]):
         index, self._index = self._index, self._index + 1
         return index, item
 
+    async def aclose(self) -> None:
+        """Close an async source left unfinished, as `async for` would not."""
+        close = getattr(self._async, "aclose", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await close()
+
 
 class BulkJob(Generic[T]):
     """A running bulk job: an async context manager that yields `Outcome`s as they come.
@@ -301,6 +308,7 @@ class BulkJob(Generic[T]):
             raise
         finally:
             self._receive.close()
+            await self._input.aclose()
 
     def __aiter__(self) -> AsyncIterator[Outcome[T]]:
         """Iterate over the outcomes."""

@@ -60,11 +60,12 @@ class Reply:
 
     data: Any
     response: httpx.Response
+    redact: Callable[[str], str] = lambda text: text
 
     @property
     def text(self) -> str:
-        """The body as text, for the context of an error found later."""
-        return self.response.text
+        """The body as text, cleaned of secrets, for the context of an error found later."""
+        return self.redact(self.response.text)
 
     def parse(self, parse: Callable[[Any], T]) -> T:
         """`parse(data)`, with the request named in any `ResponseValidationError`."""
@@ -73,7 +74,7 @@ class Reply:
         except ResponseValidationError as exc:
             request = self.response.request
             raise ResponseValidationError(
-                exc.problems, body=exc.body, method=request.method, url=str(request.url)
+                exc.problems, body=self.text, method=request.method, url=str(request.url)
             ) from exc.__cause__
 
 
@@ -185,7 +186,7 @@ class Sender:
                 ) from exc
         logger.debug("%s %s -> %d", method, url, response.status_code)
         if response.is_success:
-            return Reply(_decode(response, method, url, self._redact), response)
+            return Reply(_decode(response, method, url, self._redact), response, self._redact)
         error = status_error(response, method=method, url=url, task_id=task_id, redact=self._redact)
         if response.status_code in _PUSHBACK_STATUSES:
             self.pushbacks += 1

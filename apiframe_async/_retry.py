@@ -27,7 +27,7 @@ import anyio
 import attrs
 import tenacity
 
-from ._errors import APIConnectionError, APIStatusError
+from ._errors import APIConnectionError, ApiframeError, APIStatusError
 
 T = TypeVar("T")
 
@@ -92,6 +92,23 @@ async def call_with_retries(
     policy: RetryPolicy, call: Callable[[], Awaitable[T]], *, paid: bool
 ) -> T:
     """Run `call` until it succeeds, or fails in a way the policy does not retry."""
+    # The first attempt runs bare: setting up tenacity costs about as much as the rest of
+    # our request handling, and most requests succeed at once. A failure worth retrying is
+    # handed to tenacity as its first attempt, so counting and waiting stay its business.
+    try:
+        return await call()
+    except ApiframeError as exc:
+        if policy.max_retries == 0 or not policy.should_retry(exc, paid=paid):
+            raise
+        first_failure: ApiframeError | None = exc
+
+    async def attempt() -> T:
+        nonlocal first_failure
+        if first_failure is not None:
+            failure, first_failure = first_failure, None
+            raise failure
+        return await call()
+
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(policy.max_retries + 1),
         wait=policy.wait,
@@ -100,4 +117,4 @@ async def call_with_retries(
         before_sleep=_log_retry,
         reraise=True,
     )
-    return await retrying(call)
+    return await retrying(attempt)

@@ -180,16 +180,21 @@ def _http_date(seconds_from_now: float) -> str:
 @pytest.mark.parametrize(
     ("header", "low", "high"),
     [
-        pytest.param("120", 120.0, 120.0, id="seconds"),
-        pytest.param("90.5", 90.5, 90.5, id="fractional-seconds"),
-        pytest.param(_http_date(125), 110.0, 125.0, id="http-date"),
+        pytest.param(lambda: "120", 120.0, 120.0, id="seconds"),
+        pytest.param(lambda: "90.5", 90.5, 90.5, id="fractional-seconds"),
+        pytest.param(lambda: _http_date(125), 110.0, 125.0, id="http-date"),
     ],
 )
 async def test_rate_limit_reads_retry_after(
-    client: AsyncApiframe, api: respx.MockRouter, header: str, low: float, high: float
+    client: AsyncApiframe,
+    api: respx.MockRouter,
+    header: Callable[[], str],
+    low: float,
+    high: float,
 ) -> None:
     """Retry-After, as seconds or as an HTTP date, becomes retry_after in seconds."""
-    api.post("/fetch").mock(return_value=reply(429, {}, {"Retry-After": header}))
+    # The date is made when the test runs, not when the module is collected.
+    api.post("/fetch").mock(return_value=reply(429, {}, {"Retry-After": header()}))
     with pytest.raises(RateLimitError) as info:
         await _fetch(client)
     assert info.value.retry_after is not None

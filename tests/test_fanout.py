@@ -132,9 +132,15 @@ async def test_endless_async_source_stops_promptly_on_break(
     """Breaking out of an endless async source ends the job at once, nothing left running."""
     server.latency = lambda: 0.05
 
+    closed = False
+
     async def endless() -> AsyncIterator[GenerateRequest]:
-        for request in requests(None):
-            yield request
+        nonlocal closed
+        try:
+            for request in requests(None):
+                yield request
+        finally:
+            closed = True
 
     with anyio.fail_after(5):
         async with client.generate_many(endless(), concurrency=8) as outcomes:
@@ -143,8 +149,9 @@ async def test_endless_async_source_stops_promptly_on_break(
                 count += 1
                 if count == 100:
                     break
-        # Leaving the block cancelled the requests still in flight.
+        # Leaving the block cancelled the requests still in flight and closed the source.
         assert server.in_flight == 0
+        assert closed
     assert count == 100
 
 
