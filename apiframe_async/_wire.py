@@ -9,6 +9,7 @@ raises `ResponseValidationError` with the path of each problem; no cattrs except
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -162,6 +163,12 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     return converter
 
 
+@functools.cache
+def _default_converter() -> cattrs.Converter:
+    # Built once: generating the hooks takes milliseconds, and a client is cheap to make.
+    return make_converter()
+
+
 class Wire:
     """Turns requests into bodies and replies into results with one converter.
 
@@ -171,7 +178,7 @@ class Wire:
 
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         """Use `converter`, or the library's lenient one."""
-        self._converter = converter or make_converter()
+        self._converter = converter or _default_converter()
 
     def body(self, request: GenerateRequest | UploadRequest | TrainRequest) -> dict[str, Any]:
         """The JSON body of a request: set fields only, wire numbers as strings."""
