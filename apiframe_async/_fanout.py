@@ -130,7 +130,11 @@ class AdaptiveLimit:
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
         """Start at `ceiling`, the caller's concurrency, which it never exceeds."""
-        self._limiter = anyio.CapacityLimiter(ceiling)
+        # A semaphore that takes a free slot without a checkpoint is the cheapest bound
+        # anyio has; lowering the limit withholds slots as they come back (the debt).
+        self._slots = anyio.Semaphore(ceiling, fast_acquire=True)
+        self._current = ceiling
+        self._debt = 0
         self._ceiling = ceiling
         self._floor = max(1, ceiling // 4)
         self._adaptive = adaptive
@@ -140,15 +144,28 @@ class AdaptiveLimit:
     @property
     def current(self) -> int:
         """The limit now in force."""
-        return int(self._limiter.total_tokens)
+        return self._current
 
     async def __aenter__(self) -> None:
         """Wait for room under the current limit."""
-        await self._limiter.acquire()
+        await self._slots.acquire()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        """Give the room back."""
-        self._limiter.release()
+        """Give the room back, unless the limit went down meanwhile."""
+        if self._debt:
+            self._debt -= 1
+        else:
+            self._slots.release()
+
+    def _set(self, limit: int) -> None:
+        change, self._current = limit - self._current, limit
+        if change < 0:
+            self._debt -= change
+        for _ in range(change):
+            if self._debt:
+                self._debt -= 1
+            else:
+                self._slots.release()
 
     def record(self, *, ok: bool, overloaded: bool) -> None:
         """Adapt to one request's end: `overloaded` if the server pushed back meanwhile."""
@@ -159,13 +176,13 @@ class AdaptiveLimit:
             self._successes = 0
             if self.current > self._floor and self._since_decrease >= self.current:
                 self._since_decrease = 0
-                self._limiter.total_tokens = max(self._floor, self.current * 3 // 4)
+                self._set(max(self._floor, self.current * 3 // 4))
                 logger.info("server pushed back: concurrency lowered to %d", self.current)
         elif ok and self.current < self._ceiling:
             self._successes += 1
             if self._successes >= self.current:
                 self._successes = 0
-                self._limiter.total_tokens = self.current + 1
+                self._set(self.current + 1)
 
 
 def _is_overload(error: ApiframeError | None) -> bool:

@@ -91,9 +91,16 @@ class Sender:
         retry: RetryPolicy,
         max_concurrency: int,
         user_agent: str,
+        own_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """Bind the seam to a client; `api_key` goes only into the `Authorization` header."""
+        """Bind the seam to a client; `api_key` goes only into the `Authorization` header.
+
+        `own_transport` is the transport of a client we made ourselves: requests then go
+        straight to it. A client made elsewhere is used through its `send()`, so its
+        hooks, mounts, proxies and headers all apply.
+        """
         self._client = http_client
+        self._transport = own_transport
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
         self.retry = retry
@@ -104,7 +111,12 @@ class Sender:
             "User-Agent": user_agent,
         }
         self._urls: dict[str, httpx.URL] = {}
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._limiter: anyio.Semaphore | None = None
+        # What httpx would merge into each request of our own client, merged once.
+        direct = {**self._headers, "Accept-Encoding": "gzip, deflate"}
+        self._direct_headers = httpx.Headers(direct)
+        self._direct_json_headers = httpx.Headers({**direct, "Content-Type": "application/json"})
+        self._timeouts = timeout.as_dict()
         self._resume_at = 0.0
         #: 429 and 503 answers seen so far: bulk jobs read it to sense server pressure,
         #: including answers that a retry then got past.
@@ -120,11 +132,12 @@ class Sender:
         return self._base_url
 
     @property
-    def limiter(self) -> anyio.CapacityLimiter:
+    def limiter(self) -> anyio.Semaphore:
         """The client-wide bound on requests in flight, shared by every entry point."""
-        # Created on first use: an anyio limiter belongs to the running event loop.
+        # Created on first use: anyio primitives belong to the running event loop. No
+        # checkpoint when a slot is free: the request itself is one.
         if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.max_concurrency)
+            self._limiter = anyio.Semaphore(self.max_concurrency, fast_acquire=True)
         return self._limiter
 
     async def call(
@@ -157,7 +170,7 @@ class Sender:
         method, url = endpoint.method, str(request.url)
         async with self.limiter:
             try:
-                response = await self._client.send(request)
+                response = await self._send(request)
             except httpx.TimeoutException as exc:
                 raise APITimeoutError(
                     f"timed out: {type(exc).__name__}",
@@ -209,6 +222,19 @@ class Sender:
         content: bytes | None,
         timeout: TimeoutTypes,
     ) -> httpx.Request:
+        if self._transport is not None:
+            # Our own client: nothing of its configuration is left to merge in.
+            return httpx.Request(
+                endpoint.method,
+                self._url(endpoint.path),
+                headers=self._direct_headers if content is None else self._direct_json_headers,
+                content=content,
+                extensions={
+                    "timeout": self._timeouts
+                    if timeout is None
+                    else httpx.Timeout(timeout).as_dict()
+                },
+            )
         headers = self._headers
         if content is not None:
             headers = {**headers, "Content-Type": "application/json"}
@@ -219,6 +245,19 @@ class Sender:
             headers=headers,
             timeout=self._timeout if timeout is None else timeout,
         )
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            return await self._client.send(request)
+        # Our own client has no hooks, auth flows, redirects or cookies to go through:
+        # httpx's send() would cost as much again as the transport does.
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     def _pause_for(self, retry_after: float | None) -> None:
         if retry_after and math.isfinite(retry_after) and retry_after <= self.retry.max_retry_after:

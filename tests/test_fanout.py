@@ -27,7 +27,7 @@ from apiframe_async import (
     RequestValidationError,
     ServerError,
 )
-from apiframe_async._fanout import BulkJob
+from apiframe_async._fanout import AdaptiveLimit, BulkJob
 
 pytestmark = pytest.mark.anyio
 
@@ -413,3 +413,47 @@ async def test_rate_limit_error_after_exhausted_rounds_is_an_outcome(
         outcomes = await client.generate_all(requests(3), concurrency=3)
     assert all(isinstance(o.error, RateLimitError) for o in outcomes)
     assert server.generated == Counter()
+
+
+async def test_adaptive_limit_shrinks_in_steps_to_its_floor_and_grows_back() -> None:
+    """A quarter off per pushback window, never below a quarter, one more per clean window."""
+    limit = AdaptiveLimit(16, adaptive=True)
+    limit.record(ok=False, overloaded=True)
+    assert limit.current == 12
+    limit.record(ok=False, overloaded=True)
+    assert limit.current == 12, "one decrease per window"
+    for _ in range(40):
+        for _ in range(limit.current):
+            limit.record(ok=False, overloaded=True)
+    assert limit.current == 4
+    for _ in range(4):
+        limit.record(ok=True, overloaded=False)
+    assert limit.current == 5
+
+
+async def test_adaptive_limit_holds_in_flight_under_a_lowered_limit() -> None:
+    """After a decrease, requests in flight drain down to the new limit and stay under it."""
+    limit = AdaptiveLimit(8, adaptive=True)
+    in_flight = peak = 0
+    lowered = anyio.Event()
+
+    async def request() -> None:
+        nonlocal in_flight, peak
+        async with limit:
+            in_flight += 1
+            if lowered.is_set():
+                peak = max(peak, in_flight)
+            await anyio.sleep(0.001)
+            in_flight -= 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(8):
+            tg.start_soon(request)
+        await anyio.sleep(0)
+        limit.record(ok=False, overloaded=True)
+        assert limit.current == 6
+        await anyio.sleep(0.005)
+        lowered.set()
+        for _ in range(200):
+            tg.start_soon(request)
+    assert peak == 6

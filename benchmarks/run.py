@@ -1,0 +1,188 @@
+"""The loopback benchmark: our client beside raw httpx and aiohttp, in one run on one machine.
+
+For each scenario and client it starts a fresh stand-in server (benchmarks/server.py) and
+runs the client alone in its own process (benchmarks/clients.py), so CPU time and peak RSS
+are that client's. Then it prints one table, with ratios against the same run's references:
+only ratios measured in one run mean anything on a noisy machine.
+
+Usage: `python benchmarks/run.py [--quick] [--scenario NAME]... [--client NAME]...`
+(or `nox -s bench -- --quick`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+HERE = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load shape; `quick_n` replaces `n` under --quick."""
+
+    name: str
+    latency_ms: float
+    n: int
+    concurrency: int
+    quick_n: int
+
+
+@dataclass(frozen=True)
+class Client:
+    """One client on one backend."""
+
+    name: str
+    backend: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.backend})"
+
+
+SCENARIOS = (
+    Scenario("fan-out", latency_ms=100, n=5_000, concurrency=256, quick_n=1_000),
+    Scenario("overhead", latency_ms=0, n=20_000, concurrency=64, quick_n=4_000),
+    Scenario("memory", latency_ms=0, n=200_000, concurrency=64, quick_n=20_000),
+)
+CLIENTS = (
+    Client("httpx", "asyncio"),
+    Client("aiohttp", "asyncio"),
+    Client("httpx+pooled", "asyncio"),
+    Client("httpx+pooled", "trio"),
+    Client("apiframe-async", "asyncio"),
+    Client("apiframe-async", "trio"),
+    Client("apiframe-async+pooled", "asyncio"),
+    Client("apiframe-async+pooled", "trio"),
+)
+# References for the ratios: aiohttp for CPU, a raw worker pool on the same stack for RSS.
+CPU_REFERENCE = Client("aiohttp", "asyncio")
+RSS_REFERENCE = "httpx+pooled"
+
+
+@contextlib.contextmanager
+def server(latency_ms: float) -> Iterator[str]:
+    """A fresh stand-in server on a free loopback port; yields its URL."""
+    command = [sys.executable, str(HERE / "server.py"), "--latency-ms", str(latency_ms)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            port = int(process.stdout.readline()) if process.stdout else 0
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+
+
+def run_one(client: Client, scenario: Scenario, n: int, limit_s: float) -> dict[str, Any]:
+    """One client process against one fresh server: its figures plus the server's counters."""
+    with server(scenario.latency_ms) as url:
+        command = [sys.executable, str(HERE / "clients.py"), client.name, client.backend, url]
+        command += [str(n), str(scenario.concurrency)]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=limit_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"over {limit_s:.0f} s"}
+        if done.returncode:
+            return {"error": done.stderr.strip().splitlines()[-1]}
+        result: dict[str, Any] = json.loads(done.stdout)
+        result.update(httpx.get(f"{url}/stats").json())
+    return result
+
+
+def client_available(client: Client) -> bool:
+    """Whether the client and its backend can be imported here; says why not."""
+    needs = {"trio"} if client.backend == "trio" else set()
+    if client.name.startswith("apiframe"):
+        needs.add("apiframe_async")
+    missing = [module for module in sorted(needs) if importlib.util.find_spec(module) is None]
+    # The package exists before its client does: the client is being written beside this.
+    if "apiframe_async" in needs and not missing and not _has_client():
+        missing.append("apiframe_async.AsyncApiframe")
+    if missing:
+        print(f"note: skipping {client.label}: cannot import {', '.join(missing)}")
+    return not missing
+
+
+def _has_client() -> bool:
+    return hasattr(importlib.import_module("apiframe_async"), "AsyncApiframe")
+
+
+def cell(
+    scenario: Scenario, n: int, result: dict[str, Any], backend: str, table: dict[str, Any]
+) -> str:
+    """A table cell: the scenario's figure and its ratio, or why there is none."""
+    if "error" in result:
+        return str(result["error"])
+    if scenario.name == "fan-out":
+        ideal = n / scenario.concurrency * scenario.latency_ms / 1000
+        return f"{result['wall_s']:.2f} s ({result['wall_s'] / ideal:.2f}x ideal)"
+    if scenario.name == "overhead":
+        reference = table.get(CPU_REFERENCE.label, {}).get(scenario.name, {}).get("cpu_us")
+        ratio = f" ({result['cpu_us'] / reference:.2f}x)" if reference else ""
+        return f"{result['cpu_us']:.0f} us{ratio}"
+    reference = table.get(f"{RSS_REFERENCE} ({backend})", {}).get(scenario.name, {}).get("rss_mb")
+    delta = f" ({result['rss_mb'] - reference:+.1f})" if reference else ""
+    return f"{result['rss_mb']:.1f} MB{delta}"
+
+
+def checks(results: dict[str, dict[str, Any]]) -> str:
+    """Failed requests, duplicates seen by the server, and peak in flight, per scenario."""
+    parts = []
+    for name, result in results.items():
+        if "error" not in result:
+            parts.append(
+                f"{name}: {result['failed']} failed, {result['duplicates']} dup, "
+                f"peak {result['peak_in_flight']}"
+            )
+    return "; ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth to a fifth of each N")
+    parser.add_argument("--scenario", action="append", choices=[s.name for s in SCENARIOS])
+    parser.add_argument("--client", action="append", choices=sorted({c.name for c in CLIENTS}))
+    parser.add_argument("--limit", type=float, default=300, help="seconds allowed per run")
+    args = parser.parse_args()
+    scenarios = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
+    clients = [c for c in CLIENTS if (not args.client or c.name in args.client)]
+    clients = [c for c in clients if client_available(c)]
+
+    table: dict[str, dict[str, Any]] = {c.label: {"backend": c.backend} for c in clients}
+    for scenario in scenarios:
+        n = scenario.quick_n if args.quick else scenario.n
+        print(f"{scenario.name}: N={n}, concurrency {scenario.concurrency}, ", end="")
+        print(f"latency {scenario.latency_ms:g} ms", flush=True)
+        for client in clients:
+            result = run_one(client, scenario, n, args.limit)
+            table[client.label][scenario.name] = result
+            print(f"  {client.label}: {json.dumps(result)}", flush=True)
+
+    print()
+    print("| client | " + " | ".join(s.name for s in scenarios) + " | checks |")
+    print("|---" * (len(scenarios) + 2) + "|")
+    for label, row in table.items():
+        sizes = [s.quick_n if args.quick else s.n for s in scenarios]
+        cells = [
+            cell(s, n, row[s.name], row["backend"], table)
+            for s, n in zip(scenarios, sizes, strict=True)
+        ]
+        results = {s.name: row[s.name] for s in scenarios}
+        print(f"| {label} | " + " | ".join(cells) + f" | {checks(results)} |")
+
+
+if __name__ == "__main__":
+    main()
