@@ -75,7 +75,9 @@ async def test_two_thousand_prompts_under_faults(faulty: FakeApiframe) -> None:
     # Only a connection lost after the work may have been charged without an answer.
     lost = [o for o in failed if f"prompt {o.index}" in charged]
     assert all(isinstance(o.error, APIConnectionError) for o in lost)
-    assert all(o.error.may_have_been_submitted for o in lost if isinstance(o.error, APIConnectionError))
+    assert all(
+        o.error.may_have_been_submitted for o in lost if isinstance(o.error, APIConnectionError)
+    )
     assert faulty.peak_in_flight(GENERATE) <= concurrency
     faults = Counter(str(c.fault) for c in faulty.calls(GENERATE) if c.fault is not None)
     assert len(faults) >= 5, faults
@@ -86,7 +88,9 @@ async def test_two_thousand_prompts_under_faults(faulty: FakeApiframe) -> None:
     )
 
 
-def _start(args: list[str], env: dict[str, str], *, errors: bool = False) -> subprocess.Popen[bytes]:
+def _start(
+    args: list[str], env: dict[str, str], *, errors: bool = False
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(  # noqa: S603 -- our own CLI, our own arguments
         [sys.executable, "-m", "apiframe_async", *args],
         env=env,
@@ -128,12 +132,22 @@ def test_killed_three_times_and_resumed(
         "COLUMNS": "120",
     }
     args = [
-        "generate-many", str(prompts), "--out", str(out), "--journal", str(journal),
-        "--training-id", fake.add_trained_model(), "--concurrency", "16",
+        "generate-many",
+        str(prompts),
+        "--out",
+        str(out),
+        "--journal",
+        str(journal),
+        "--training-id",
+        fake.add_trained_model(),
+        "--concurrency",
+        "16",
     ]
     for _ in range(3):
         process = _start(args, env)
-        _wait_for_progress(fake, len(fake.calls(GENERATE)) + rng.randint(5, 60), time.monotonic() + 30)
+        _wait_for_progress(
+            fake, len(fake.calls(GENERATE)) + rng.randint(5, 60), time.monotonic() + 30
+        )
         time.sleep(rng.uniform(0, 0.1))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
@@ -149,12 +163,18 @@ def test_killed_three_times_and_resumed(
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(e["index"] for e in manifest) == list(range(n)), "one line per prompt"
     done = [e for e in manifest if e["error"] is None]
-    uncertain = [e for e in manifest if e["error"] and e["error"]["type"] == "UncertainSubmissionError"]
+    uncertain = [
+        e for e in manifest if e["error"] and e["error"]["type"] == "UncertainSubmissionError"
+    ]
     assert len(done) + len(uncertain) == n
     assert len(done) == counts.get("done", 0)
     # Every prompt charged has its photos, or is reported as uncertain; none is lost.
     assert {e["prompt"] for e in done} <= set(charged)
     assert final.returncode == (1 if uncertain else 0), stderr.decode()
+    # Everything the job wrote (photos, manifest, journal and its WAL) is free of the key.
+    written = [path for path in tmp_path.rglob("*") if path.is_file() and path != prompts]
+    assert len(written) > n
+    assert not [path for path in written if fake.api_key.encode() in path.read_bytes()]
     print(
         f"\nkill-and-resume (seed {seed}): {n} prompts, 3 kills, {len(done)} done, "
         f"{len(uncertain)} uncertain, duplicates 0, lost 0"
@@ -173,7 +193,8 @@ async def test_cancelling_at_random_points_leaves_nothing_behind(faulty: FakeApi
     ):
         for round_ in range(5):
             requests = (
-                GenerateRequest(training_id=training_id, prompt=f"r{round_} p{i}") for i in range(10_000)
+                GenerateRequest(training_id=training_id, prompt=f"r{round_} p{i}")
+                for i in range(10_000)
             )
             with anyio.move_on_after(rng.uniform(0.05, 0.3)):
                 async with client.generate_many(requests, concurrency=16) as outcomes:
