@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def check_png(path: Path) -> None:
+    """Walk the PNG's chunks: signature, every CRC, and image data that inflates."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG signature"
     offset, idat = 8, b""
@@ -25,6 +26,7 @@ def check_png(path: Path) -> None:
 
 
 def main(folder: str) -> None:
+    """Check the main job's folder against the prompts file it was given."""
     out = Path(folder)
     prompts = [
         line

@@ -35,7 +35,7 @@ def read_prompts(
     Blank lines and lines starting with `#` are skipped. `defaults` fill the fields a
     line does not set (typically `training_id`).
 
-    Example:
+    Examples:
         >>> lines = ["a portrait", '{"prompt": "a hat", "seed": 3}']
         >>> for fields in read_prompts(lines, {"training_id": "t"}):
         ...     print(fields)

@@ -11,7 +11,7 @@ import enum
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar, cast
 
@@ -145,7 +145,12 @@ def _fail(*errors: BaseException) -> NoReturn:
 
 def _print_json(value: Any) -> None:  # noqa: ANN401
     data = attrs.asdict(value) if attrs.has(type(value)) else value
-    out.print_json(json.dumps(data, default=str))
+    out.print_json(json.dumps(data, default=_jsonable))
+
+
+def _jsonable(value: object) -> object:
+    # Read-only mappings (`extra`) print as objects; datetimes and enums as text.
+    return dict(value) if isinstance(value, Mapping) else str(value)
 
 
 class _LiveColumn(ProgressColumn):

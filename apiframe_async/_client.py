@@ -133,9 +133,9 @@ class AsyncApiframe:
     Args:
         api_key: The APIFRAME key; defaults to `$APIFRAME_API_KEY`. Sent raw in the
             `Authorization` header, never logged, never in a repr or an error.
-        base_url: Defaults to `$APIFRAME_BASE_URL`, then to the borrowed client's base
-            URL, then to `https://api.apiframe.pro`. Plain http is refused except on
-            loopback, unless `allow_insecure=True`.
+        base_url: Defaults to the borrowed client's base URL, then to
+            `$APIFRAME_BASE_URL`, then to `https://api.apiframe.pro`. Plain http is
+            refused except on loopback, unless `allow_insecure=True`.
         timeout: Seconds for every phase, or an `httpx.Timeout`. The default allows six
             minutes for the reply, since a generation answers only when it is done.
         max_retries: Retries per request (see `RetryPolicy` for what is retried).
@@ -179,7 +179,10 @@ class AsyncApiframe:
                 "max_concurrency", f"{max_concurrency!r} is not valid", allowed="int >= 1"
             )
         borrowed_base = str(http_client.base_url).rstrip("/") if http_client is not None else ""
-        base = base_url or os.environ.get("APIFRAME_BASE_URL") or borrowed_base or DEFAULT_BASE_URL
+        # A client passed in with a base URL says where to go more plainly than the
+        # environment does: the fake's `client()`, say, in a shell that also points elsewhere.
+        from_env = os.environ.get("APIFRAME_BASE_URL")
+        base = base_url or borrowed_base or from_env or DEFAULT_BASE_URL
         policy = retry or RetryPolicy()
         if max_retries is not None:
             policy = attrs.evolve(policy, max_retries=max_retries)

@@ -83,7 +83,7 @@ class TaskStatus(enum.StrEnum):
     Unknown values become members on the fly (`TaskStatus("queued")`), compare equal to
     their string, and count as not terminal.
 
-    Example:
+    Examples:
         >>> TaskStatus("finished").is_terminal
         True
         >>> TaskStatus("queued") == "queued", TaskStatus("queued").is_terminal
@@ -147,12 +147,13 @@ class GenerateRequest:
     Any rule broken raises `RequestValidationError` (also a `ValueError`) naming the field
     and the allowed values, before anything is sent.
 
-    Example:
+    Examples:
         >>> GenerateRequest(training_id="3492deb6", prompt="a portrait of TOKMSN man")
-        GenerateRequest(training_id='3492deb6', prompt='a portrait of TOKMSN man', ...)
-        >>> GenerateRequest(training_id="t", prompt="p", number_of_images=5)
+        GenerateRequest(training_id='3492deb6', prompt='a portrait of TOKMSN man')
+        >>> GenerateRequest(training_id="t", prompt="p", seed="7")
         Traceback (most recent call last):
-        RequestValidationError: number_of_images: 5 is out of range (allowed: int from 1 to 4)
+        ...
+        apiframe_async.RequestValidationError: seed: must be an int, got str (allowed: int)
 
     Attributes:
         training_id: The task id of the finished training.

@@ -32,7 +32,7 @@ _BY_STATUS: Mapping[int, type[APIStatusError]] = {
 def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
     """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date.
 
-    Example:
+    Examples:
         >>> parse_retry_after("7")
         7.0
         >>> parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=dt.datetime(

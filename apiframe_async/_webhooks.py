@@ -50,7 +50,7 @@ def verify_webhook(headers: Headers, secret: str) -> bool:
 
     The comparison takes the same time however much of the secret matches.
 
-    Example:
+    Examples:
         >>> verify_webhook({"x-webhook-secret": "s3cret"}, "s3cret")
         True
         >>> verify_webhook({}, "s3cret")
@@ -90,7 +90,8 @@ class WebhookReceiver:
         ```python
         receiver = WebhookReceiver(secret=SECRET, url="https://me.example/apiframe")
         app = FastAPI()
-        app.mount("/apiframe", receiver)
+        # A route, not app.mount(): a mount answers "/apiframe" with a redirect.
+        app.add_route("/apiframe", receiver, methods=["POST"])
 
         async with AsyncApiframe(webhooks=receiver) as client:
             training = await client.train(prepared.task_id)

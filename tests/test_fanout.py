@@ -449,7 +449,7 @@ async def test_adaptive_limit_holds_in_flight_under_a_lowered_limit() -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(8):
             tg.start_soon(request)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         limit.record(ok=False, overloaded=True)
         assert limit.current == 6
         await anyio.sleep(0.005)

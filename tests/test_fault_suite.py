@@ -22,9 +22,9 @@ import anyio
 import pytest
 
 from apiframe_async import (
-    AsyncApiframe,
     APIConnectionError,
     ApiframeError,
+    AsyncApiframe,
     GenerateRequest,
     Journal,
     RetryPolicy,
@@ -81,7 +81,7 @@ async def test_two_thousand_prompts_under_faults(faulty: FakeApiframe) -> None:
     assert faulty.peak_in_flight(GENERATE) <= concurrency
     faults = Counter(str(c.fault) for c in faulty.calls(GENERATE) if c.fault is not None)
     assert len(faults) >= 5, faults
-    print(
+    print(  # noqa: T201 -- the suite's figures, for the record in CI's output
         f"\nfault suite: {n} prompts, {len(failed)} failed, {sum(faults.values())} faults "
         f"injected {dict(faults)}, duplicates 0, peak in flight "
         f"{faulty.peak_in_flight(GENERATE)}/{concurrency}"
@@ -173,9 +173,9 @@ def test_killed_three_times_and_resumed(
     assert final.returncode == (1 if uncertain else 0), stderr.decode()
     # Everything the job wrote (photos, manifest, journal and its WAL) is free of the key.
     written = [path for path in tmp_path.rglob("*") if path.is_file() and path != prompts]
-    assert len(written) > n
+    assert len(written) > len(done)
     assert not [path for path in written if fake.api_key.encode() in path.read_bytes()]
-    print(
+    print(  # noqa: T201 -- the suite's figures, for the record in CI's output
         f"\nkill-and-resume (seed {seed}): {n} prompts, 3 kills, {len(done)} done, "
         f"{len(uncertain)} uncertain, duplicates 0, lost 0"
     )
@@ -201,7 +201,8 @@ async def test_cancelling_at_random_points_leaves_nothing_behind(faulty: FakeApi
                     async for _ in outcomes:
                         pass
             with anyio.fail_after(5):
-                while faulty.in_flight(GENERATE):
+                # The fake counts requests in flight but signals nothing: poll it.
+                while faulty.in_flight(GENERATE):  # noqa: ASYNC110
                     await anyio.sleep(0.01)
         # The client is still usable after all that.
         await client.generate(training_id=training_id, prompt="after the cancellations")
