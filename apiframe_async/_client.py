@@ -397,13 +397,11 @@ class AsyncApiframe:
         if journal is not None:
             _check_choice("on_uncertain", on_uncertain, get_args(UncertainPolicy))
             _check_choice("replay", replay, get_args(ReplayPolicy))
-            work = JournaledWork(
-                journal if isinstance(journal, Journal) else Journal(journal),
-                self._generate,
-                on_uncertain=on_uncertain,
-                key=key,
-            )
+            opened = journal if isinstance(journal, Journal) else Journal(journal)
+            work = JournaledWork(opened, self._generate, on_uncertain=on_uncertain, key=key)
             options = {"claim": work.claim, "yield_replayed": replay == "yield"}
+            if opened is not journal:
+                options["on_close"] = opened.close  # the job opened it, the job closes it
         return BulkJob(
             requests,
             work if journal is not None else self._generate_claimed,

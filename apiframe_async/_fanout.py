@@ -267,6 +267,7 @@ class BulkJob(Generic[T]):
         overload_rounds: int = 10,
         claim: Callable[[int, GenerateRequest], Any] = _no_claim,
         yield_replayed: bool = True,
+        on_close: Callable[[], object] = lambda: None,
     ) -> None:
         """Prepare the job; nothing runs before `async with`.
 
@@ -274,8 +275,10 @@ class BulkJob(Generic[T]):
         the adaptive limit hears of pressure that the retries hide. `claim` is called in
         input order as each request is pulled, and its value handed to `work` (a journal
         numbers identical requests with it). Replays are yielded as outcomes unless
-        `yield_replayed` is False.
+        `yield_replayed` is False. `on_close` runs when the job ends (to close a journal
+        the job opened).
         """
+        self._on_close = on_close
         self._claim = claim
         self._yield_replayed = yield_replayed
         self._pushbacks = pushbacks
@@ -326,6 +329,7 @@ class BulkJob(Generic[T]):
         finally:
             self._receive.close()
             await self._input.aclose()
+            self._on_close()
 
     def __aiter__(self) -> AsyncIterator[Outcome[T]]:
         """Iterate over the outcomes."""

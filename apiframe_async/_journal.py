@@ -26,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 
 import anyio
 import anyio.to_thread
@@ -127,6 +127,14 @@ class Journal:
     def close(self) -> None:
         """Close the file."""
         self._db.close()
+
+    def __enter__(self) -> Self:
+        """Use the journal in a `with` block; it is closed at the end."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Close the file."""
+        self.close()
 
     def identify(self, request: GenerateRequest, key: str | None = None) -> tuple[str, int]:
         """The item's identity: its key and which occurrence of that key it is in this run.

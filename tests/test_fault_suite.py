@@ -157,7 +157,8 @@ def test_killed_three_times_and_resumed(
     _, stderr = final.communicate(timeout=120)
     charged = fake.generate_count_by_prompt()
     assert max(charged.values()) == 1, "a resumed job paid for a prompt twice"
-    counts = Journal(journal).counts()
+    with Journal(journal) as opened:
+        counts = opened.counts()
     assert sum(counts.values()) == n, counts
     assert set(counts) <= {"done", "uncertain", "sending"}
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]

@@ -181,7 +181,8 @@ async def test_the_journal_is_wal_and_holds_no_key(
         )
     for path in tmp_path.iterdir():
         assert API_KEY.encode() not in path.read_bytes()
-    assert Journal(journal).counts() == {"done": 2}
+    with Journal(journal) as opened:
+        assert opened.counts() == {"done": 2}
 
 
 @pytest.mark.parametrize(
@@ -207,5 +208,6 @@ async def test_concurrent_jobs_keep_their_own_journals(
     async with anyio.create_task_group() as tg:
         tg.start_soon(run, client, prompts("x1", "x2"), tmp_path / "x.sqlite")
         tg.start_soon(run, client, prompts("y1"), tmp_path / "y.sqlite")
-    assert Journal(tmp_path / "x.sqlite").counts() == {"done": 2}
-    assert Journal(tmp_path / "y.sqlite").counts() == {"done": 1}
+    with Journal(tmp_path / "x.sqlite") as x, Journal(tmp_path / "y.sqlite") as y:
+        assert x.counts() == {"done": 2}
+        assert y.counts() == {"done": 1}
