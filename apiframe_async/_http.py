@@ -19,7 +19,7 @@ import anyio
 import attrs
 import httpx
 
-from ._errors import APIConnectionError, APITimeoutError, ResponseValidationError
+from ._errors import APIConnectionError, ApiframeError, APITimeoutError, ResponseValidationError
 from ._retry import RetryPolicy, call_with_retries
 from ._status import status_error
 
@@ -171,32 +171,8 @@ class Sender:
         async with self.limiter:
             try:
                 response = await self._send(request)
-            except httpx.TimeoutException as exc:
-                raise APITimeoutError(
-                    f"timed out: {type(exc).__name__}",
-                    method=method,
-                    url=url,
-                    may_have_been_submitted=not isinstance(exc, _NOT_SENT),
-                ) from exc
-            except httpx.TransportError as exc:
-                raise APIConnectionError(
-                    f"connection failed: {type(exc).__name__}: {exc}",
-                    method=method,
-                    url=url,
-                    may_have_been_submitted=not isinstance(exc, _NOT_SENT),
-                ) from exc
-            except httpx.DecodingError as exc:
-                raise ResponseValidationError(
-                    [f"$: the body could not be decoded ({exc})"], body="", method=method, url=url
-                ) from exc
             except httpx.HTTPError as exc:
-                # Anything else httpx may add: the request may have gone out.
-                raise APIConnectionError(
-                    f"request failed: {type(exc).__name__}: {exc}",
-                    method=method,
-                    url=url,
-                    may_have_been_submitted=True,
-                ) from exc
+                raise translated(exc, method=method, url=url) from exc
         logger.debug("%s %s -> %d", method, url, response.status_code)
         if response.is_success:
             return Reply(_decode(response, method, url, self._redact), response, self._redact)
@@ -269,6 +245,27 @@ class Sender:
         delay = self._resume_at - time.monotonic()
         if delay > 0:
             await anyio.sleep(delay)
+
+
+def translated(exc: httpx.HTTPError, *, method: str, url: str) -> ApiframeError:
+    """Our error for an httpx failure, saying whether the request may have gone out."""
+    sent = not isinstance(exc, _NOT_SENT)
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(
+            f"timed out: {type(exc).__name__}", method=method, url=url, may_have_been_submitted=sent
+        )
+    if isinstance(exc, httpx.DecodingError):
+        return ResponseValidationError(
+            [f"$: the body could not be decoded ({exc})"], body="", method=method, url=url
+        )
+    # A transport error, or anything else httpx may add: unless it proves the request never
+    # left, it may have reached the server.
+    return APIConnectionError(
+        f"connection failed: {type(exc).__name__}: {exc}",
+        method=method,
+        url=url,
+        may_have_been_submitted=sent,
+    )
 
 
 def _decode(response: httpx.Response, method: str, url: str, redact: Callable[[str], str]) -> Any:  # noqa: ANN401
