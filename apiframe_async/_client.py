@@ -14,7 +14,7 @@ import attrs
 import httpx
 
 from ._errors import ApiframeError, NotFoundError, RequestValidationError, ResponseValidationError
-from ._fanout import BulkJob, Outcome, Progress, RequestLike, as_request
+from ._fanout import BulkJob, Outcome, Progress, RequestLike, Work, as_request
 from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
 from ._journal import Journal, JournaledWork, ReplayPolicy, UncertainPolicy
@@ -393,18 +393,20 @@ class AsyncApiframe:
             )
         if fail_fast and isinstance(requests, list | tuple):
             requests = [as_request(item) for item in requests]
+        work: Work[Generation] = self._generate_claimed
         options: dict[str, Any] = {}
         if journal is not None:
             _check_choice("on_uncertain", on_uncertain, get_args(UncertainPolicy))
             _check_choice("replay", replay, get_args(ReplayPolicy))
             opened = journal if isinstance(journal, Journal) else Journal(journal)
-            work = JournaledWork(opened, self._generate, on_uncertain=on_uncertain, key=key)
-            options = {"claim": work.claim, "yield_replayed": replay == "yield"}
+            journaled = JournaledWork(opened, self._generate, on_uncertain=on_uncertain, key=key)
+            work = journaled
+            options = {"claim": journaled.claim, "yield_replayed": replay == "yield"}
             if opened is not journal:
                 options["on_close"] = opened.close  # the job opened it, the job closes it
         return BulkJob(
             requests,
-            work if journal is not None else self._generate_claimed,
+            work,
             concurrency=concurrency,
             ordered=ordered,
             fail_fast=fail_fast,
