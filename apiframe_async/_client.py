@@ -19,6 +19,7 @@ from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, 
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
 from ._journal import Journal, JournaledWork, ReplayPolicy, UncertainPolicy
 from ._models import (
+    MIN_IMAGES,
     Account,
     AspectRatio,
     Ethnicity,
@@ -105,13 +106,6 @@ class _ApiHttpClient(httpx.AsyncClient):
     def cookies(self, cookies: object) -> None:
         if cookies:
             raise TypeError("the APIFRAME client keeps no cookies")
-
-
-def _default_transport(max_concurrency: int) -> httpx.AsyncBaseTransport:
-    limits = httpx.Limits(
-        max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-    )
-    return httpx.AsyncHTTPTransport(limits=limits)
 
 
 class AsyncApiframe:
@@ -206,7 +200,7 @@ class AsyncApiframe:
         )
         self._wire = Wire()
         self._poller = Poller(
-            self._fetch_ids,
+            self.fetch_many,
             poll or PollPolicy(),
             fetch_url=f"{self._sender.base_url}{FETCH_MANY.path}",
         )
@@ -506,9 +500,6 @@ class AsyncApiframe:
         reply = await self._sender.call(FETCH_MANY, {"task_ids": ids})
         return reply.parse(self._wire.tasks)
 
-    async def _fetch_ids(self, ids: list[str]) -> TaskBatch:
-        return await self.fetch_many(ids)
-
     async def wait(
         self,
         task_id: str,
@@ -584,23 +575,18 @@ class AsyncApiframe:
                 `images[3]`); nothing was sent.
         """
         hook_url, hook_secret = self._webhook_defaults(webhook_url, webhook_secret)
-        # Cheap fields first: a typo in `gender` should not wait for 30 files to be read.
-        UploadRequest(
-            images=("",) * 10,
+        # Cheap fields first, on a stand-in for the photos: a typo in `gender` should not
+        # wait for 30 files to be read. `evolve` then checks the real photos too.
+        fields_only = UploadRequest(
+            images=("",) * MIN_IMAGES,
             ethnicity=ethnicity,
             gender=gender,
             age=age,
             webhook_url=hook_url,
             webhook_secret=hook_secret,
         )
-        request = UploadRequest(
-            images=await encode_images(images, max_bytes=max_image_bytes),
-            ethnicity=ethnicity,
-            gender=gender,
-            age=age,
-            webhook_url=hook_url,
-            webhook_secret=hook_secret,
-        )
+        photos = await encode_images(images, max_bytes=max_image_bytes)
+        request = attrs.evolve(fields_only, images=photos)
         reply = await self._sender.call(UPLOAD, self._wire.body(request), timeout=timeout)
         return reply.parse(lambda data: self._wire.structure(data, SubmittedTask))
 
