@@ -32,6 +32,7 @@ from ._models import (
     TrainRequest,
     UploadRequest,
 )
+from ._replies import DEFAULT_MAX_RESPONSE_BYTES
 from ._retry import RetryPolicy
 from ._transport import PooledTransport
 from ._waiting import Poller, PollPolicy, checked
@@ -141,6 +142,9 @@ class AsyncApiframe:
         webhooks: A `WebhookReceiver` whose tasks end this client's waits as soon as
             they arrive, and whose URL and secret uploads and trainings send by default.
         allow_insecure: Allow a non-loopback plain-http `base_url`.
+        max_response_bytes: The largest API reply accepted, as sent and once decoded
+            (default 8 MiB); a larger one is refused while it streams, with a
+            `ResponseValidationError`. Image downloads have their own limit.
 
     Raises:
         RequestValidationError: No key given or in the environment, or a bad `base_url`.
@@ -159,6 +163,7 @@ class AsyncApiframe:
         http_client: httpx.AsyncClient | None = None,
         webhooks: WebhookReceiver | None = None,
         allow_insecure: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         """Configure the client; no I/O happens until the first request."""
         key = api_key if api_key is not None else os.environ.get("APIFRAME_API_KEY")
@@ -171,6 +176,10 @@ class AsyncApiframe:
         if max_concurrency < 1:
             raise RequestValidationError(
                 "max_concurrency", f"{max_concurrency!r} is not valid", allowed="int >= 1"
+            )
+        if isinstance(max_response_bytes, bool) or max_response_bytes < 1:
+            raise RequestValidationError(
+                "max_response_bytes", f"{max_response_bytes!r} is not valid", allowed="int >= 1"
             )
         borrowed_base = str(http_client.base_url).rstrip("/") if http_client is not None else ""
         # A client passed in with a base URL says where to go more plainly than the
@@ -197,6 +206,7 @@ class AsyncApiframe:
             max_concurrency=max_concurrency,
             user_agent=_USER_AGENT,
             own_transport=own_transport,
+            max_response_bytes=max_response_bytes,
         )
         self._wire = Wire()
         self._poller = Poller(

@@ -20,6 +20,7 @@ import attrs
 import httpx
 
 from ._errors import APIConnectionError, ApiframeError, APITimeoutError, ResponseValidationError
+from ._replies import ACCEPT_ENCODING, DEFAULT_MAX_RESPONSE_BYTES, read_reply
 from ._retry import RetryPolicy, call_with_retries
 from ._status import status_error
 
@@ -76,6 +77,11 @@ class Reply:
             raise ResponseValidationError(
                 exc.problems, body=self.text, method=request.method, url=str(request.url)
             ) from exc.__cause__
+        except RecursionError as exc:  # JSON nested deeper than any reply of the API
+            request = self.response.request
+            raise ResponseValidationError(
+                ["$: nested too deeply"], body="", method=request.method, url=str(request.url)
+            ) from exc
 
 
 class Sender:
@@ -92,12 +98,14 @@ class Sender:
         max_concurrency: int,
         user_agent: str,
         own_transport: httpx.AsyncBaseTransport | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         """Bind the seam to a client; `api_key` goes only into the `Authorization` header.
 
         `own_transport` is the transport of a client we made ourselves: requests then go
         straight to it. A client made elsewhere is used through its `send()`, so its
-        hooks, mounts, proxies and headers all apply.
+        hooks, mounts, proxies and headers all apply. Replies over `max_response_bytes`,
+        as sent or decoded, are refused while they stream.
         """
         self._client = http_client
         self._transport = own_transport
@@ -105,15 +113,18 @@ class Sender:
         self._timeout = timeout
         self.retry = retry
         self.max_concurrency = max_concurrency
+        self.max_response_bytes = max_response_bytes
         self._headers = {
             "Authorization": api_key,
             "Accept": "application/json",
+            # Only what we decode within the reply limit, on a borrowed client too.
+            "Accept-Encoding": ACCEPT_ENCODING,
             "User-Agent": user_agent,
         }
         self._urls: dict[str, httpx.URL] = {}
         self._limiter: anyio.Semaphore | None = None
         # What httpx would merge into each request of our own client, merged once.
-        direct = {**self._headers, "Accept-Encoding": "gzip, deflate"}
+        direct = self._headers
         self._direct_headers = httpx.Headers(direct)
         self._direct_json_headers = httpx.Headers({**direct, "Content-Type": "application/json"})
         self._timeouts = timeout.as_dict()
@@ -170,7 +181,7 @@ class Sender:
         method, url = endpoint.method, str(request.url)
         async with self.limiter:
             try:
-                response = await self._send(request)
+                response = await self._send(request, method, url)
             except httpx.HTTPError as exc:
                 raise translated(exc, method=method, url=url) from exc
         logger.debug("%s %s -> %d", method, url, response.status_code)
@@ -222,15 +233,16 @@ class Sender:
             timeout=self._timeout if timeout is None else timeout,
         )
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
+    async def _send(self, request: httpx.Request, method: str, url: str) -> httpx.Response:
         if self._transport is None:
-            return await self._client.send(request)
-        # Our own client has no hooks, auth flows, redirects or cookies to go through:
-        # httpx's send() would cost as much again as the transport does.
-        response = await self._transport.handle_async_request(request)
-        response.request = request
+            response = await self._client.send(request, stream=True)
+        else:
+            # Our own client has no hooks, auth flows, redirects or cookies to go through:
+            # httpx's send() would cost as much again as the transport does.
+            response = await self._transport.handle_async_request(request)
+            response.request = request
         try:
-            await response.aread()
+            await read_reply(response, self.max_response_bytes, method=method, url=url)
         finally:
             await response.aclose()
         return response
@@ -271,6 +283,10 @@ def translated(exc: httpx.HTTPError, *, method: str, url: str) -> ApiframeError:
 def _decode(response: httpx.Response, method: str, url: str, redact: Callable[[str], str]) -> Any:  # noqa: ANN401
     try:
         return json.loads(response.content)
+    except RecursionError as exc:
+        raise ResponseValidationError(
+            ["$: JSON nested too deeply"], body="", method=method, url=url
+        ) from exc
     except ValueError as exc:
         problem = "empty body" if not response.content else f"not JSON ({exc})"
         content_type = response.headers.get("content-type", "none")

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
     from types import TracebackType
 
-__all__ = ["PooledTransport"]
+__all__ = ["PooledTransport", "buffered_content"]
 
 _READ_SIZE = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -229,6 +229,11 @@ class _Buffered(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self.content:
             yield self.content
+
+
+def buffered_content(stream: object) -> bytes | None:
+    """The whole body of a response of ours that arrived with its head; None otherwise."""
+    return stream.content if isinstance(stream, _Buffered) else None
 
 
 class _ResponseStream(httpx.AsyncByteStream):
