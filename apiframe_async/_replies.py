@@ -8,12 +8,17 @@ the server sends. Only the encodings we ask for (`ACCEPT_ENCODING`) are decoded.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
+from typing import TYPE_CHECKING, cast
 
 import httpx
 
 from ._errors import ResponseValidationError
 from ._transport import buffered_content
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
 
 __all__ = ["ACCEPT_ENCODING", "DEFAULT_MAX_RESPONSE_BYTES", "read_reply"]
 
@@ -71,10 +76,13 @@ async def _raw_body(response: httpx.Response, limit: int) -> bytes | None:
         _check_size(len(raw), limit)
         return raw
     chunks, size = [], 0
-    async for chunk in response.aiter_raw():
-        size += len(chunk)
-        _check_size(size, limit)
-        chunks.append(chunk)
+    # Closed explicitly when refused midway: trio warns of a generator left to the GC.
+    raw_pieces = cast("AsyncGenerator[bytes, None]", response.aiter_raw())  # it is one
+    async with contextlib.aclosing(raw_pieces) as pieces:
+        async for chunk in pieces:
+            size += len(chunk)
+            _check_size(size, limit)
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
