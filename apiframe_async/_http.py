@@ -36,6 +36,7 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 
 
 _PUSHBACK_STATUSES = frozenset({429, 503})
+_NO_CONTENT = httpx.ByteStream(b"")
 
 
 @attrs.frozen
@@ -123,8 +124,9 @@ class Sender:
         }
         self._urls: dict[str, httpx.URL] = {}
         self._limiter: anyio.Semaphore | None = None
-        # What httpx would merge into each request of our own client, merged once.
-        direct = self._headers
+        # What httpx would merge into each request of our own client, merged once; Host
+        # first, where httpx puts it.
+        direct = {"Host": httpx.URL(self._base_url).netloc.decode("ascii"), **self._headers}
         self._direct_headers = httpx.Headers(direct)
         self._direct_json_headers = httpx.Headers({**direct, "Content-Type": "application/json"})
         self._timeouts = timeout.as_dict()
@@ -210,18 +212,7 @@ class Sender:
         timeout: TimeoutTypes,
     ) -> httpx.Request:
         if self._transport is not None:
-            # Our own client: nothing of its configuration is left to merge in.
-            return httpx.Request(
-                endpoint.method,
-                self._url(endpoint.path),
-                headers=self._direct_headers if content is None else self._direct_json_headers,
-                content=content,
-                extensions={
-                    "timeout": self._timeouts
-                    if timeout is None
-                    else httpx.Timeout(timeout).as_dict()
-                },
-            )
+            return self._direct_request(endpoint, content, timeout)
         headers = self._headers
         if content is not None:
             headers = {**headers, "Content-Type": "application/json"}
@@ -232,6 +223,26 @@ class Sender:
             headers=headers,
             timeout=self._timeout if timeout is None else timeout,
         )
+
+    def _direct_request(
+        self, endpoint: Endpoint, content: bytes | None, timeout: TimeoutTypes
+    ) -> httpx.Request:
+        # Our own client: nothing of its configuration is left to merge in, and the
+        # headers httpx would add (Host, Content-Length) are ours to add. Given a stream,
+        # httpx.Request skips re-encoding the body and rebuilding every header: a tenth
+        # of the CPU a request costs.
+        timeouts = self._timeouts if timeout is None else httpx.Timeout(timeout).as_dict()
+        request = httpx.Request(
+            endpoint.method,
+            self._url(endpoint.path),
+            headers=self._direct_headers if content is None else self._direct_json_headers,
+            stream=_NO_CONTENT if content is None else httpx.ByteStream(content),
+            extensions={"timeout": timeouts},
+        )
+        if content is not None:
+            request.headers["Content-Length"] = str(len(content))
+        request.read()  # `request.content`, as httpx.Request(content=...) would have it
+        return request
 
     async def _send(self, request: httpx.Request, method: str, url: str) -> httpx.Response:
         if self._transport is None:

@@ -61,6 +61,10 @@ class _RefusedError(Exception):
 
 async def _raw_body(response: httpx.Response, limit: int) -> bytes | None:
     """The body as sent, or None if the response was read already (within the limit)."""
+    raw = buffered_content(response.stream)  # our transport's common case: all there
+    if raw is not None:
+        _check_size(len(raw), limit)
+        return raw
     try:
         content = response.content  # a borrowed client's transport may have read it already
     except httpx.ResponseNotRead:
@@ -71,10 +75,6 @@ async def _raw_body(response: httpx.Response, limit: int) -> bytes | None:
     length = response.headers.get("content-length", "")
     if length.isdigit():
         _check_size(int(length), limit)  # refused before a byte of the body is read
-    raw = buffered_content(response.stream)
-    if raw is not None:
-        _check_size(len(raw), limit)
-        return raw
     chunks, size = [], 0
     # Closed explicitly when refused midway: trio warns of a generator left to the GC.
     raw_pieces = cast("AsyncGenerator[bytes, None]", response.aiter_raw())  # it is one

@@ -55,11 +55,13 @@ class Client:
 SCENARIOS = (
     Scenario("fan-out", latency_ms=100, n=5_000, concurrency=256, quick_n=1_000),
     Scenario("overhead", latency_ms=0, n=20_000, concurrency=64, quick_n=4_000),
+    Scenario("overhead-256", latency_ms=0, n=20_000, concurrency=256, quick_n=4_000),
     Scenario("memory", latency_ms=0, n=200_000, concurrency=64, quick_n=20_000),
 )
 CLIENTS = (
     Client("httpx", "asyncio"),
     Client("aiohttp", "asyncio"),
+    Client("httpx-aiohttp", "asyncio"),
     Client("httpx+pooled", "asyncio"),
     Client("httpx+pooled", "trio"),
     Client("apiframe-async", "asyncio"),
@@ -105,6 +107,8 @@ def run_one(client: Client, scenario: Scenario, n: int, limit_s: float) -> dict[
 def client_available(client: Client) -> bool:
     """Whether the client and its backend can be imported here; says why not."""
     needs = {"trio"} if client.backend == "trio" else set()
+    if client.name == "httpx-aiohttp":
+        needs.add("httpx_aiohttp")
     if client.name.startswith("apiframe"):
         needs.add("apiframe_async")
     missing = [module for module in sorted(needs) if importlib.util.find_spec(module) is None]
@@ -129,7 +133,7 @@ def cell(
     if scenario.name == "fan-out":
         ideal = n / scenario.concurrency * scenario.latency_ms / 1000
         return f"{result['wall_s']:.2f} s ({result['wall_s'] / ideal:.2f}x ideal)"
-    if scenario.name == "overhead":
+    if scenario.name.startswith("overhead"):
         reference = table.get(CPU_REFERENCE.label, {}).get(scenario.name, {}).get("cpu_us")
         ratio = f" ({result['cpu_us'] / reference:.2f}x)" if reference else ""
         return f"{result['cpu_us']:.0f} us{ratio}"
