@@ -489,9 +489,12 @@ def _request_head(request: httpx.Request) -> bytes:
     lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
     lines += [b"%s: %s" % pair for pair in request.headers.raw]
     head = b"\r\n".join(lines) + b"\r\n\r\n"
-    # A CR or LF inside a header would let a value smuggle in headers or a second request.
+    # A CR or LF inside a header would let a value smuggle in headers or a second request;
+    # a NUL is refused by every parser on the way.
     if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:
         raise httpx.LocalProtocolError("CR or LF inside a request header", request=request)
+    if b"\0" in head:
+        raise httpx.LocalProtocolError("NUL inside a request header", request=request)
     return head
 
 

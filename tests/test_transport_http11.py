@@ -1,0 +1,345 @@
+"""PooledTransport's HTTP/1.1 connection, in the manner of httpcore's own connection tests.
+
+Framing, keep-alive and close, incomplete and refused replies, expiry, the pool's lifecycle
+and timeouts per read and per write; each against a raw loopback server, on asyncio and
+trio. (More framing and pool cases live in test_transport.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+from apiframe_async._transport import PooledTransport
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+pytestmark = pytest.mark.anyio
+
+_DISCONNECTS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+class Conn:
+    """The server side of one connection."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def request(self) -> bytes:
+        """Read one request (head and Content-Length body); its request line."""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += await self.stream.receive()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.lower().split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                length = int(line.partition(b":")[2])
+        while len(self.buffer) < length:
+            self.buffer += await self.stream.receive()
+        self.buffer = self.buffer[length:]
+        return head.partition(b"\r\n")[0]
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def until_closed(self) -> None:
+        while True:
+            await self.stream.receive()
+
+
+class Server:
+    """Runs `handler` per connection; counts connections accepted and closed."""
+
+    def __init__(self, handler: Callable[[Conn], Awaitable[None]]) -> None:
+        self.handler = handler
+        self.accepted = 0
+        self.closed = 0
+        self.url = ""
+
+    async def handle(self, stream: anyio.abc.ByteStream) -> None:
+        self.accepted += 1
+        async with stream:
+            with contextlib.suppress(*_DISCONNECTS):
+                await self.handler(Conn(stream))
+        self.closed += 1
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: Callable[[Conn], Awaitable[None]]) -> AsyncIterator[Server]:
+    server = Server(handler)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio
+        server.url = f"http://127.0.0.1:{port}"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, server.handle)
+            yield server
+            tg.cancel_scope.cancel()
+
+
+def answering(raw: bytes) -> Callable[[Conn], Awaitable[None]]:
+    async def handler(conn: Conn) -> None:
+        while True:
+            await conn.request()
+            await conn.send(raw)
+
+    return handler
+
+
+def ok(body: bytes = b"Hello, world!", headers: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), headers, body)
+
+
+@contextlib.asynccontextmanager
+async def client(
+    server: Server, timeout: float = 10.0, **options: float | None
+) -> AsyncIterator[tuple[httpx.AsyncClient, PooledTransport]]:
+    transport = PooledTransport(**options)  # type: ignore[arg-type]  # floats or None only
+    async with httpx.AsyncClient(transport=transport, base_url=server.url, timeout=timeout) as http:
+        yield http, transport
+
+
+def idle(transport: PooledTransport) -> int:
+    return sum(len(stack) for stack in transport._idle.values())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():  # noqa: ASYNC110 - counts kept by other tasks
+            await anyio.sleep(0.01)
+
+
+# Framing and keep-alive.
+
+
+async def test_content_length_response_leaves_the_connection_idle() -> None:
+    async with serving(answering(ok())) as server, client(server) as (http, transport):
+        response = await http.get("/")
+        assert response.status_code == 200
+        assert response.content == b"Hello, world!"
+        assert idle(transport) == 1
+        assert response.extensions["http_version"] == b"HTTP/1.1"
+        assert response.reason_phrase == "OK"
+
+
+async def test_chunked_response_in_many_packets() -> None:
+    """Chunks split across packets anywhere, even inside a size line, arrive whole."""
+    raw = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"3\r\nHel\r\n4\r\nlo, \r\n6\r\nworld!\r\n0\r\n\r\n"
+    )
+
+    async def handler(conn: Conn) -> None:
+        while True:
+            await conn.request()
+            for start in range(0, len(raw), 3):
+                await conn.send(raw[start : start + 3])
+                await anyio.sleep(0.001)
+
+    async with serving(handler) as server, client(server) as (http, transport):
+        for _ in range(2):
+            assert (await http.get("/")).content == b"Hello, world!"
+        assert server.accepted == 1
+        assert idle(transport) == 1
+
+
+async def test_trailing_headers_are_consumed() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: surprise\r\n\r\n"
+        b"d\r\nHello, world!\r\n0\r\nsurprise: you thought we were done\r\n\r\n"
+    )
+    async with serving(answering(raw)) as server, client(server) as (http, _):
+        for _ in range(2):
+            assert (await http.get("/")).content == b"Hello, world!"
+        assert server.accepted == 1
+
+
+async def test_http10_keep_alive_is_honoured() -> None:
+    raw = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nhi"
+    async with serving(answering(raw)) as server, client(server) as (http, _):
+        for _ in range(2):
+            assert (await http.get("/")).content == b"hi"
+        assert server.accepted == 1
+
+
+async def test_304_has_no_body_whatever_its_content_length() -> None:
+    raw = b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1000\r\n\r\n"
+    async with serving(answering(raw)) as server, client(server) as (http, _):
+        for _ in range(2):
+            response = await http.get("/")
+            assert response.status_code == 304
+            assert response.content == b""
+        assert server.accepted == 1
+
+
+async def test_request_asking_for_close_is_not_reused() -> None:
+    async with serving(answering(ok())) as server, client(server) as (http, transport):
+        await http.get("/", headers={"Connection": "close"})
+        assert idle(transport) == 0
+        await http.get("/")
+        assert server.accepted == 2
+
+
+# Replies that end the connection.
+
+
+async def test_incomplete_body_is_remote_protocol_error_and_closes() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\nHello, wor")
+
+    async with serving(handler) as server, client(server) as (http, transport):
+        with pytest.raises(httpx.RemoteProtocolError, match="before the end"):
+            await http.get("/")
+        assert idle(transport) == 0
+        assert transport._in_use == set()
+        await until(lambda: server.closed == 1)
+
+
+async def test_garbage_reply_is_remote_protocol_error_and_closes() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"Wait, this isn't valid HTTP!")
+        await conn.until_closed()
+
+    async with serving(handler) as server, client(server) as (http, transport):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.get("/")
+        assert idle(transport) == 0
+        await until(lambda: server.closed == 1)
+
+
+async def test_nul_in_a_request_header_is_refused_before_sending() -> None:
+    async with serving(answering(ok())) as server, client(server) as (http, transport):
+        with pytest.raises(httpx.LocalProtocolError):
+            await http.get("/", headers={"x-bad": "a\0b"})
+        assert idle(transport) == 0
+        assert (await http.get("/")).content == b"Hello, world!"
+
+
+# Expiry and lifecycle.
+
+
+async def test_expired_idle_connections_close_while_traffic_goes_on() -> None:
+    """The cold connection at the bottom of the stack is closed though never popped."""
+    async with (
+        serving(answering(ok())) as server,
+        client(server, keepalive_expiry=0.2) as (http, transport),
+    ):
+        async with anyio.create_task_group() as tg:  # two at once: two connections
+            for _ in range(2):
+                tg.start_soon(http.get, "/")
+        assert server.accepted == 2
+        with anyio.fail_after(5):
+            while server.closed == 0:  # traffic goes on, on the hot connection only
+                await http.get("/")
+                await anyio.sleep(0.05)
+        assert server.accepted == 2
+        assert idle(transport) == 1
+
+
+async def test_aclose_ends_a_request_waiting_for_its_reply() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.until_closed()
+
+    async with serving(handler) as server, client(server) as (http, transport):
+        failure: list[BaseException] = []
+
+        async def request() -> None:
+            try:
+                await http.get("/")
+            except httpx.ReadError as exc:
+                failure.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request)
+            await until(lambda: server.accepted == 1 and bool(transport._in_use))
+            await anyio.sleep(0.05)
+            with anyio.fail_after(2):
+                await transport.aclose()
+        assert failure
+        await until(lambda: server.closed == 1)
+
+
+async def test_aclose_closes_a_streamed_response() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nfirst")
+        await conn.until_closed()
+
+    async with serving(handler) as server, client(server) as (http, transport):
+        async with http.stream("GET", "/") as response:
+            pieces = response.aiter_raw()
+            assert await anext(pieces) == b"first"
+            await transport.aclose()
+            with anyio.fail_after(2), pytest.raises(httpx.ReadError):
+                await anext(pieces)
+            await pieces.aclose()  # type: ignore[attr-defined]  # an async generator
+        await until(lambda: server.closed == 1)
+
+
+async def test_closed_transport_refuses_new_requests_before_sending() -> None:
+    async with serving(answering(ok())) as server, client(server) as (http, transport):
+        await transport.aclose()
+        with pytest.raises(httpx.ConnectError, match="closed"):
+            await http.get("/")
+        assert server.accepted == 0
+
+
+# Timeouts: one per read and one per write, as httpx defines them.
+
+
+async def test_read_timeout_bounds_each_read_not_the_whole_reply() -> None:
+    """A head and body trickling in for longer than the read timeout, each gap shorter."""
+    raw = ok(b"slowly but surely")
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        for start in range(0, len(raw), 8):
+            await conn.send(raw[start : start + 8])
+            await anyio.sleep(0.1)
+        await conn.until_closed()
+
+    async with serving(handler) as server, client(server, timeout=0.5) as (http, _):
+        with anyio.fail_after(10):
+            assert (await http.get("/")).content == b"slowly but surely"
+
+
+async def test_read_timeout_when_one_gap_is_too_long() -> None:
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\n")
+        await conn.until_closed()
+
+    async with serving(handler) as server, client(server, timeout=0.2) as (http, transport):
+        with anyio.fail_after(5), pytest.raises(httpx.ReadTimeout):
+            await http.get("/")
+        assert idle(transport) == 0
+
+
+async def test_write_timeout_bounds_each_send_not_the_whole_upload() -> None:
+    """An upload taking longer than the write timeout, read steadily by the server, succeeds."""
+    body = b"u" * (8 * 1024 * 1024)
+
+    async def handler(conn: Conn) -> None:
+        received = 0
+        while b"\r\n\r\n" not in conn.buffer:
+            conn.buffer += await conn.stream.receive()
+        received = len(conn.buffer.partition(b"\r\n\r\n")[2])
+        while received < len(body):
+            received += len(await conn.stream.receive(256 * 1024))
+            await anyio.sleep(0.005)
+        await conn.send(ok(b"got it"))
+        await conn.until_closed()
+
+    async with serving(handler) as server, client(server, timeout=0.3) as (http, _):
+        with anyio.fail_after(30):
+            response = await http.post("/", content=body)
+        assert response.content == b"got it"
