@@ -128,6 +128,7 @@ async def client_lifetime(http: httpx.AsyncClient, receiver: WebhookReceiver) ->
         http_client=http,
         webhooks=receiver,
         allow_insecure=False,
+        max_response_bytes=4 * 1024 * 1024,
     )
     async with client as entered:
         assert_type(entered, AsyncApiframe)
