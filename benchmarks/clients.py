@@ -87,8 +87,10 @@ def _aiohttp_transport() -> httpx.AsyncBaseTransport:
     # Imported here: an optional extra of the benchmark, skipped by run.py when missing.
     from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
 
-    # No connection cap (aiohttp's limit=0), as for the other clients.
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=httpx.Limits())
+    # No cap below the worker pool, as for the other clients: without a number it keeps
+    # aiohttp's default of 100, and workers past it time out waiting for a connection.
+    limits = httpx.Limits(max_connections=4096)
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
     return transport
 
 
