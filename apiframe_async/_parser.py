@@ -21,6 +21,13 @@ __all__ = ["MAX_HEAD", "ResponseParser"]
 MAX_HEAD = 64 * 1024
 _MIN_STATUS = 100
 _INTERIM = range(100, 200)
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+_TE_SIZE = len(b"transfer-encoding")
+_CONNECTION_SIZE = len(b"connection")
+
+
+def _says_close(value: bytes) -> bool:
+    return b"close" in (token.strip(b" \t") for token in value.lower().split(b","))
 
 
 class _SecondResponse(Exception):  # noqa: N818 - a signal out of a parser callback, no error
@@ -46,6 +53,7 @@ class ResponseParser:
         "closes",
         "complete",
         "extra",
+        "head_done",
         "headers",
         "reason",
         "status",
@@ -69,11 +77,8 @@ class ResponseParser:
         # connection must not be reused.
         self.extra = False
         self.body_bytes = 0
-
-    @property
-    def head_done(self) -> bool:
-        """Whether the final (non-1xx) head has been read."""
-        return self.status >= _MIN_STATUS and self.status not in _INTERIM
+        #: Whether the final (non-1xx) head has been read.
+        self.head_done = False
 
     def feed(self, data: bytes) -> None:
         """Parse `data`, the next bytes from the connection.
@@ -142,14 +147,15 @@ class ResponseParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        lowered = name.lower()
-        if lowered == b"transfer-encoding":
+        # Lengths first: lower-casing every name costs more than the rest of this.
+        size = len(name)
+        if size == _TE_SIZE and name.lower() == b"transfer-encoding":
             # Anything but one `chunked` (gzip, "chunked, chunked", two headers) frames a
             # body we cannot delimit safely: refuse it rather than read until close.
             self._te += 1
             if self._te > 1 or value.strip(b" \t").lower() != b"chunked":
                 raise self._error(f"unsupported Transfer-Encoding {value!r}")
-        elif lowered == b"connection" and b"close" in value.lower().replace(b" ", b"").split(b","):
+        elif size == _CONNECTION_SIZE and name.lower() == b"connection" and _says_close(value):
             self.closes = True  # in any Connection header, not only the last
 
     def on_headers_complete(self) -> None:
@@ -159,9 +165,11 @@ class ResponseParser:
         self.status = status
         if status in _INTERIM:
             return
-        self.version = b"HTTP/" + self._parser.get_http_version().encode("ascii")
-        if self.version not in {b"HTTP/1.1", b"HTTP/1.0"}:
-            raise self._error(f"unsupported HTTP version {self.version!r}")
+        version = self._parser.get_http_version()
+        if version not in _VERSIONS:
+            raise self._error(f"unsupported HTTP version {version!r}")
+        self.version = _VERSIONS[version]
+        self.head_done = True
         if not self._parser.should_keep_alive():
             self.closes = True
         self._check_length()
