@@ -142,8 +142,9 @@ async def client_for(
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    """Wait, up to 5 seconds, for the server side to catch up."""
-    with anyio.fail_after(5):
+    """Wait, up to 30 seconds, for the server side to catch up."""
+    # A ceiling, not a measure: 300 connections take seconds on a loaded 2-core machine.
+    with anyio.fail_after(30):
         # Polling: the conditions count events in other tasks; an Event per count is noise.
         while not condition():  # noqa: ASYNC110
             await anyio.sleep(0.01)
