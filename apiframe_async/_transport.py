@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, Self, TypeAlias
 
 import anyio
 import anyio.abc
-import certifi
 import httpx
+
+from ._network import VerifyTypes, open_tunnel, ssl_context
 
 if TYPE_CHECKING:
     import socket
@@ -264,20 +265,27 @@ class PooledTransport(httpx.AsyncBaseTransport):
     closed while idle is noticed before anything is written on it, and replaced.
 
     Args:
-        verify: `True` checks certificates against certifi's roots, `False` does not check,
-            or pass your own `ssl.SSLContext`.
+        verify: `True` checks certificates against certifi's roots (or `SSL_CERT_FILE` /
+            `SSL_CERT_DIR` with `trust_env`), `False` does not check; or a CA bundle path,
+            or your own `ssl.SSLContext`.
         keepalive_expiry: Seconds an idle connection may be reused for; `None` for ever.
         max_idle_per_origin: How many idle connections to keep per origin; `None` keeps all.
+        trust_env: Read `SSL_CERT_FILE` and `SSL_CERT_DIR`.
+        proxy: An http:// proxy to reach every https origin through, by CONNECT.
     """
 
     def __init__(
         self,
         *,
-        verify: ssl.SSLContext | bool = True,
+        verify: VerifyTypes = True,
         keepalive_expiry: float | None = 5.0,
         max_idle_per_origin: int | None = None,
+        trust_env: bool = True,
+        proxy: httpx.Proxy | None = None,
     ) -> None:
         self._verify = verify
+        self._trust_env = trust_env
+        self._proxy = proxy
         self._keepalive_expiry = keepalive_expiry
         self._max_idle = max_idle_per_origin
         self._idle: dict[_Origin, deque[_Connection]] = {}
@@ -377,6 +385,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
     async def _open_stream(self, origin: _Origin) -> anyio.abc.ByteStream:
         scheme, host, port = origin
+        if self._proxy is not None:
+            return await open_tunnel(self._proxy, host, port, self._ssl_context)
         if scheme == "http":
             return await anyio.connect_tcp(host, port)
         return await anyio.connect_tcp(
@@ -386,13 +396,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
     @functools.cached_property
     def _ssl_context(self) -> ssl.SSLContext:
         # Built on first use: loading the CA bundle costs milliseconds plain HTTP never needs.
-        if isinstance(self._verify, ssl.SSLContext):
-            return self._verify
-        context = ssl.create_default_context(cafile=certifi.where())
-        if not self._verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        return ssl_context(self._verify, trust_env=self._trust_env)
 
 
 async def _discard(_origin: _Origin, connection: _Connection) -> None:
