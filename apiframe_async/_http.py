@@ -278,9 +278,13 @@ class Sender:
 def translated(exc: httpx.HTTPError, *, method: str, url: str) -> ApiframeError:
     """Our error for an httpx failure, saying whether the request may have gone out."""
     sent = not isinstance(exc, _NOT_SENT)
+    unsent = "" if sent else "; nothing was sent"
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(
-            f"timed out: {type(exc).__name__}", method=method, url=url, may_have_been_submitted=sent
+            f"timed out: {type(exc).__name__}{unsent}",
+            method=method,
+            url=url,
+            may_have_been_submitted=sent,
         )
     if isinstance(exc, httpx.DecodingError):
         return ResponseValidationError(
@@ -289,7 +293,7 @@ def translated(exc: httpx.HTTPError, *, method: str, url: str) -> ApiframeError:
     # A transport error, or anything else httpx may add: unless it proves the request never
     # left, it may have reached the server.
     return APIConnectionError(
-        f"connection failed: {type(exc).__name__}: {exc}",
+        f"connection failed: {type(exc).__name__}: {exc}{unsent}",
         method=method,
         url=url,
         may_have_been_submitted=sent,
