@@ -417,7 +417,10 @@ class AsyncApiframe:
         Raises:
             RequestValidationError: `concurrency` is not within 1 to `max_concurrency`,
                 or a policy is not one of its values.
+            ClientClosedError: The client is closed: the job would fail every request.
         """
+        if self._sender.closed:
+            raise ClientClosedError("this AsyncApiframe is closed: make a new one")
         if not 1 <= concurrency <= self.max_concurrency:
             raise RequestValidationError(
                 "concurrency",

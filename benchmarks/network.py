@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -48,8 +48,7 @@ class _Answer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -62,25 +61,25 @@ class _Answer(asyncio.Protocol):
             if len(self.buffer) < end + 4 + length:
                 return
             self.buffer = self.buffer[end + 4 + length :]
-            assert self.transport is not None
-            self.transport.write(_REPLY)
+            if self.transport is not None:
+                self.transport.write(_REPLY)
 
 
 async def _serve_tls(cert: str) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert)
-    server = await asyncio.get_running_loop().create_server(
-        _Answer, "127.0.0.1", 0, ssl=context
-    )
+    server = await asyncio.get_running_loop().create_server(_Answer, "127.0.0.1", 0, ssl=context)
     print(server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()
 
 
-async def _client(route: str, url: str, proxy: str, cafile: str, n: int, c: int) -> dict[str, Any]:
+async def _client(argv: list[str]) -> dict[str, Any]:
     import anyio  # noqa: PLC0415 - imported in the client process only
 
     from apiframe_async import AsyncApiframe  # noqa: PLC0415
 
+    route, url, proxy, cafile = argv[:4]
+    n, c = int(argv[4]), int(argv[5])
     options: dict[str, Any] = {"verify": cafile} if url.startswith("https") else {}
     if route.startswith(("forwarded", "tunnel")):
         options["proxy"] = proxy
@@ -124,8 +123,7 @@ def _process(command: list[str], **options: Any) -> Iterator[subprocess.Popen[st
 
 
 def _port(process: subprocess.Popen[str]) -> int:
-    assert process.stdout is not None
-    return int(process.stdout.readline())
+    return int(cast("IO[str]", process.stdout).readline())
 
 
 def main() -> None:
@@ -140,8 +138,7 @@ def main() -> None:
         asyncio.run(_serve_tls(args.serve_tls))
         return
     if args.client:
-        route, url, proxy, cafile, n, c = args.client
-        print(json.dumps(asyncio.run(_client(route, url, proxy, cafile, int(n), int(c)))))
+        print(json.dumps(asyncio.run(_client(args.client))))
         return
     import trustme  # noqa: PLC0415 - the bench group
 

@@ -405,6 +405,7 @@ async def test_https_goes_through_the_environment_proxy_by_connect(
             assert await generate(client, server.fake)
         await until(lambda: open_proxy.saw(f"CONNECT {target}"))
     assert server.paid_posts() == 1
+    assert server.handshakes == 1  # the tunnel's connection was kept alive and reused
     assert isinstance(client._http_client._transport, RoutingTransport)
     assert isinstance(client._http_client._transport.route, PooledTransport)
 
@@ -579,6 +580,8 @@ async def test_a_closed_client_refuses_requests_and_closes_once() -> None:
         with pytest.raises(ClientClosedError):
             async with client:
                 pass
+        with pytest.raises(ClientClosedError):
+            client.generate_many([{"training_id": "t", "prompt": PROMPT}])
         assert len(fake.calls()) == calls
         assert sum(fake.generate_count_by_prompt().values()) == 0
 
