@@ -37,6 +37,7 @@ from apiframe_async import (
     ClientClosedError,
     RequestValidationError,
 )
+from apiframe_async._network import proxy_for
 from apiframe_async._routing import RoutingTransport
 from apiframe_async._transport import PooledTransport
 from apiframe_async.testing import FakeApiframe
@@ -595,3 +596,88 @@ async def test_a_client_whose_borrowed_http_client_closed_refuses_requests() -> 
         with pytest.raises(ClientClosedError):
             await client.account()
         assert fake.calls() == []
+
+
+# -- the same route as httpx, for every form of the variables ------------------------------
+
+ENVIRONMENTS = {
+    "https-only": {"HTTPS_PROXY": "http://corp:3128"},
+    "no-scheme": {"HTTPS_PROXY": "corp:3128", "HTTP_PROXY": "corp:8080"},
+    "all": {"ALL_PROXY": "http://corp:3128"},
+    "all-and-https": {"ALL_PROXY": "http://all:1", "HTTPS_PROXY": "http://secure:2"},
+    "lower-wins": {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2"},
+    "no-proxy-domain": {"ALL_PROXY": "http://corp:3128", "NO_PROXY": "apiframe.pro"},
+    "no-proxy-subdomains": {"ALL_PROXY": "http://corp:3128", "NO_PROXY": ".apiframe.pro"},
+    "no-proxy-ips": {"ALL_PROXY": "http://corp:3128", "no_proxy": "127.0.0.1, ::1,localhost"},
+    "no-proxy-star": {"ALL_PROXY": "http://corp:3128", "NO_PROXY": "*"},
+    "no-proxy-url": {"ALL_PROXY": "http://corp:3128", "NO_PROXY": "http://127.0.0.1:8000"},
+}
+URLS = [
+    "https://api.apiframe.pro/account",
+    "https://apiframe.pro/account",
+    "https://wwwapiframe.pro/account",
+    "http://127.0.0.1:8000/account",
+    "http://127.0.0.1:9000/account",
+    "http://[::1]:8000/account",
+    "http://localhost:8000/account",
+]
+
+
+def _httpx_proxy(client: httpx.AsyncClient, url: httpx.URL) -> str | None:
+    transport = client._transport_for_url(url)
+    if transport is client._transport:
+        return None
+    proxy_url = transport._pool._proxy_url  # type: ignore[attr-defined]
+    return f"{proxy_url.scheme.decode()}://{proxy_url.host.decode()}:{proxy_url.port}"
+
+
+@pytest.mark.parametrize("environment", list(ENVIRONMENTS), ids=str)
+def test_the_environment_chooses_the_proxy_httpx_would(
+    environment: str, no_network_env: pytest.MonkeyPatch
+) -> None:
+    """For each URL, the proxy chosen from the variables is the one httpx chooses."""
+    for name, value in ENVIRONMENTS[environment].items():
+        no_network_env.setenv(name, value)
+    client = httpx.AsyncClient(trust_env=True)
+    for text in URLS:
+        url = httpx.URL(text)
+        ours = proxy_for(url, None, trust_env=True)
+        chosen = None if ours is None else f"{ours.url.scheme}://{ours.url.host}:{ours.url.port}"
+        assert chosen == _httpx_proxy(client, url), text
+
+
+@pytest.mark.parametrize(
+    ("url", "proxy", "route"),
+    [
+        pytest.param("https://api.apiframe.pro", None, PooledTransport, id="https-direct"),
+        pytest.param("http://127.0.0.1:8000", None, PooledTransport, id="http-direct"),
+        pytest.param("https://api.apiframe.pro", "http://p:1", PooledTransport, id="https-connect"),
+        pytest.param(
+            "http://127.0.0.1:8000", "http://p:1", httpx.AsyncHTTPTransport, id="http-forwarded"
+        ),
+        pytest.param(
+            "https://api.apiframe.pro", "https://p:1", httpx.AsyncHTTPTransport, id="tls-proxy"
+        ),
+    ],
+)
+def test_each_route_goes_to_the_transport_that_takes_it(
+    url: str, proxy: str | None, route: type[httpx.AsyncBaseTransport]
+) -> None:
+    """Ours for direct and CONNECT routes, httpx's for forwarding and TLS to the proxy."""
+    chosen = RoutingTransport(
+        proxy=None if proxy is None else httpx.Proxy(proxy), verify=True, trust_env=False
+    )._choose(httpx.URL(url))
+    assert type(chosen) is route
+    if isinstance(chosen, PooledTransport):
+        assert (chosen._proxy is None) is (proxy is None)
+
+
+def test_a_socks_proxy_needs_socksio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """socks5:// without socksio installed: refused at construction, saying what to install."""
+    monkeypatch.setattr("apiframe_async._network._has_socks", lambda: False)
+    with pytest.raises(RequestValidationError, match="socksio") as caught:
+        AsyncApiframe("key", proxy="socks5://u:hunter2@corp:1080")
+    assert caught.value.field == "proxy"
+    assert "hunter2" not in str(caught.value)
+    monkeypatch.setattr("apiframe_async._network._has_socks", lambda: True)
+    assert AsyncApiframe("key", proxy="socks5://corp:1080").base_url
