@@ -174,7 +174,8 @@ async def open_tunnel(
     """
     stream = await anyio.connect_tcp(proxy.url.host, proxy.url.port or 80)
     try:
-        await _connect_through(stream, proxy, f"{host}:{port}")
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
+        await _connect_through(stream, proxy, authority)
         return await anyio.streams.tls.TLSStream.wrap(
             stream, hostname=host, ssl_context=tls, standard_compatible=False
         )

@@ -37,7 +37,7 @@ from apiframe_async import (
     ClientClosedError,
     RequestValidationError,
 )
-from apiframe_async._network import proxy_for
+from apiframe_async._network import open_tunnel, proxy_for
 from apiframe_async._routing import RoutingTransport
 from apiframe_async._transport import PooledTransport
 from apiframe_async.testing import FakeApiframe
@@ -681,3 +681,52 @@ def test_a_socks_proxy_needs_socksio(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hunter2" not in str(caught.value)
     monkeypatch.setattr("apiframe_async._network._has_socks", lambda: True)
     assert AsyncApiframe("key", proxy="socks5://corp:1080").base_url
+
+
+# -- the CONNECT handshake, against a hand-made proxy --------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def scripted_proxy(reply: bytes) -> AsyncIterator[tuple[httpx.Proxy, list[bytes]]]:
+    """A proxy that reads one CONNECT head, sends `reply`, and closes."""
+    heads: list[bytes] = []
+
+    async def answer(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            head = b""
+            with contextlib.suppress(anyio.EndOfStream):
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive()
+            heads.append(head)
+            if reply:
+                await stream.send(reply)
+
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as listener,
+        anyio.create_task_group() as tg,
+    ):
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio, not Django
+        tg.start_soon(listener.serve, answer)
+        yield httpx.Proxy(f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"), heads
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        pytest.param(b"", "closed the tunnel before answering", id="closed"),
+        pytest.param(b"SSH-2.0-OpenSSH\r\n\r\n", "malformed", id="not-http"),
+        pytest.param(b"HTTP/1.1 403 Forbidden\r\n\r\n", "403 Forbidden", id="forbidden"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n\r\nhello", "bytes of its own", id="bytes-after-200"),
+    ],
+)
+async def test_a_failed_connect_is_a_proxy_error(reply: bytes, message: str) -> None:
+    """Every way a CONNECT can fail is httpx.ProxyError (so: not sent), credentials left out."""
+    async with scripted_proxy(reply) as (proxy, heads):
+        with pytest.raises(httpx.ProxyError, match=message) as caught:
+            await open_tunnel(proxy, "::1", 443, ssl.create_default_context())
+    assert PASSWORD not in str(caught.value)
+    (head,) = heads
+    assert head.startswith(b"CONNECT [::1]:443 HTTP/1.1\r\n")
+    assert b"host: [::1]:443\r\n" in head.lower()
+    assert b"proxy-authorization: basic " in head.lower()
