@@ -165,9 +165,9 @@ def _trusted_context(source: str, cafile: str | None, capath: str | None) -> ssl
 
 
 async def open_tunnel(
-    proxy: httpx.Proxy, host: str, port: int, tls: ssl.SSLContext
+    proxy: httpx.Proxy, host: str, port: int, tls: ssl.SSLContext | None
 ) -> anyio.abc.ByteStream:
-    """A TLS stream to `host:port` through an http:// proxy's CONNECT tunnel.
+    """A stream to `host:port` through an http:// proxy's CONNECT tunnel; TLS with `tls`.
 
     Raises `httpx.ProxyError` if the proxy refuses (407, 403, 502...): the request was
     then never sent. Its text is the proxy's status, never the credentials.
@@ -176,6 +176,8 @@ async def open_tunnel(
     try:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
         await _connect_through(stream, proxy, authority)
+        if tls is None:
+            return stream
         return await anyio.streams.tls.TLSStream.wrap(
             stream, hostname=host, ssl_context=tls, standard_compatible=False
         )

@@ -15,6 +15,7 @@ on it:
     writing the request                       httpx.WriteError, httpx.WriteTimeout
     waiting for or reading the response       httpx.ReadError, httpx.ReadTimeout
     peer closed early, malformed response     httpx.RemoteProtocolError
+    a proxy refusing the CONNECT tunnel       httpx.ProxyError (never sent either)
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: Seconds an idle connection may be reused for; `None` for ever.
         max_idle_per_origin: How many idle connections to keep per origin; `None` keeps all.
         trust_env: Read `SSL_CERT_FILE` and `SSL_CERT_DIR`.
-        proxy: An http:// proxy to reach every https origin through, by CONNECT.
+        proxy: An http:// proxy to reach every origin through, by CONNECT.
     """
 
     def __init__(
@@ -386,7 +387,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
     async def _open_stream(self, origin: _Origin) -> anyio.abc.ByteStream:
         scheme, host, port = origin
         if self._proxy is not None:
-            return await open_tunnel(self._proxy, host, port, self._ssl_context)
+            tls = self._ssl_context if scheme == "https" else None
+            return await open_tunnel(self._proxy, host, port, tls)
         if scheme == "http":
             return await anyio.connect_tcp(host, port)
         return await anyio.connect_tcp(

@@ -730,3 +730,15 @@ async def test_a_failed_connect_is_a_proxy_error(reply: bytes, message: str) -> 
     assert head.startswith(b"CONNECT [::1]:443 HTTP/1.1\r\n")
     assert b"host: [::1]:443\r\n" in head.lower()
     assert b"proxy-authorization: basic " in head.lower()
+
+
+async def test_the_pooled_transport_tunnels_plain_http_too(open_proxy: Proxy) -> None:
+    """Given a proxy, PooledTransport takes every origin through CONNECT, http included."""
+    transport = PooledTransport(proxy=httpx.Proxy(open_proxy.url), trust_env=False)
+    async with http_fake() as (base_url, fake):
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+            for _ in range(2):
+                reply = await http.get("/account", headers={"Authorization": fake.api_key})
+                assert reply.status_code == 200
+        await until(lambda: open_proxy.saw(f"CONNECT {base_url.removeprefix('http://')}"))
+    assert len([line for line in open_proxy.access() if base_url[7:] in line]) == 1  # reused
