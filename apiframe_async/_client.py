@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from collections.abc import AsyncIterable, Callable, Iterable
 from importlib.metadata import version
 from types import TracebackType
@@ -13,7 +14,13 @@ import anyio
 import attrs
 import httpx
 
-from ._errors import ApiframeError, NotFoundError, RequestValidationError, ResponseValidationError
+from ._errors import (
+    ApiframeError,
+    ClientClosedError,
+    NotFoundError,
+    RequestValidationError,
+    ResponseValidationError,
+)
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, Work, as_request
 from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
@@ -32,9 +39,10 @@ from ._models import (
     TrainRequest,
     UploadRequest,
 )
+from ._network import checked_proxy, checked_verify
 from ._replies import DEFAULT_MAX_RESPONSE_BYTES
 from ._retry import RetryPolicy
-from ._transport import PooledTransport
+from ._routing import RoutingTransport
 from ._waiting import Poller, PollPolicy, checked
 from ._webhooks import WebhookReceiver
 from ._wire import Wire
@@ -138,16 +146,27 @@ class AsyncApiframe:
         poll: How tasks are polled while they run.
         max_concurrency: Requests in flight at once, across every entry point.
         http_client: An `httpx.AsyncClient` to use instead of our own; keep its connection
-            limit at or above `max_concurrency`, or requests queue in its pool.
+            limit at or above `max_concurrency`, or requests queue in its pool. It keeps
+            its own proxy and certificate settings: `proxy`, `verify` and `trust_env`
+            cannot be combined with it.
         webhooks: A `WebhookReceiver` whose tasks end this client's waits as soon as
             they arrive, and whose URL and secret uploads and trainings send by default.
         allow_insecure: Allow a non-loopback plain-http `base_url`.
         max_response_bytes: The largest API reply accepted, as sent and once decoded
             (default 8 MiB); a larger one is refused while it streams, with a
             `ResponseValidationError`. Image downloads have their own limit.
+        proxy: A proxy for every request, as a URL (`http://user:pass@proxy:3128`) or an
+            `httpx.Proxy`; it replaces the proxy variables. https goes through a CONNECT
+            tunnel, plain http is forwarded. Its credentials are never shown.
+        verify: `True` checks certificates against certifi's roots (or `SSL_CERT_FILE`
+            / `SSL_CERT_DIR`); the path of a CA bundle (or of a hashed folder) to trust
+            instead, an `ssl.SSLContext`, or `False` to check nothing.
+        trust_env: Read `HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`,
+            `SSL_CERT_FILE` and `SSL_CERT_DIR` as httpx does; `False` ignores them.
 
     Raises:
-        RequestValidationError: No key given or in the environment, or a bad `base_url`.
+        RequestValidationError: No key given or in the environment, a bad `base_url`,
+            `proxy` or `verify`, or network settings combined with `http_client`.
     """
 
     def __init__(
@@ -164,6 +183,9 @@ class AsyncApiframe:
         webhooks: WebhookReceiver | None = None,
         allow_insecure: bool = False,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        proxy: str | httpx.URL | httpx.Proxy | None = None,
+        verify: ssl.SSLContext | str | os.PathLike[str] | bool = True,
+        trust_env: bool = True,
     ) -> None:
         """Configure the client; no I/O happens until the first request."""
         key = api_key if api_key is not None else os.environ.get("APIFRAME_API_KEY")
@@ -191,9 +213,15 @@ class AsyncApiframe:
             policy = attrs.evolve(policy, max_retries=max_retries)
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self._owns_http_client = http_client is None
-        # httpx's default pool rescans every connection on every request (36x slower than
-        # ideal at 256 in flight); ours is O(1), and our limiter bounds it.
-        own_transport = PooledTransport() if http_client is None else None
+        own_transport = None
+        if http_client is None:
+            # httpx's default pool rescans every connection on every request (36x slower
+            # than ideal at 256 in flight); ours is O(1), and our limiter bounds it.
+            own_transport = RoutingTransport(
+                proxy=checked_proxy(proxy), verify=checked_verify(verify), trust_env=trust_env
+            )
+        else:
+            _check_borrowed(proxy=proxy, verify=verify, trust_env=trust_env)
         self._http_client = http_client or _ApiHttpClient(
             transport=own_transport, timeout=self._timeout
         )
@@ -222,7 +250,13 @@ class AsyncApiframe:
         return f"<AsyncApiframe base_url={self._sender.base_url!r}>"
 
     async def __aenter__(self) -> Self:
-        """Enter the client's lifetime; it is closed when the block ends."""
+        """Enter the client's lifetime; it is closed when the block ends.
+
+        Raises:
+            ClientClosedError: The client was closed already.
+        """
+        if self._sender.closed:
+            raise ClientClosedError("this AsyncApiframe is closed: make a new one")
         return self
 
     async def __aexit__(
@@ -235,7 +269,12 @@ class AsyncApiframe:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this client created it; a borrowed one stays open."""
+        """Close the HTTP client if this client created it; a borrowed one stays open.
+
+        From then on every request is refused with `ClientClosedError`, nothing sent.
+        Closing again does nothing.
+        """
+        self._sender.close()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -388,7 +427,10 @@ class AsyncApiframe:
         Raises:
             RequestValidationError: `concurrency` is not within 1 to `max_concurrency`,
                 or a policy is not one of its values.
+            ClientClosedError: The client is closed: the job would fail every request.
         """
+        if self._sender.closed:
+            raise ClientClosedError("this AsyncApiframe is closed: make a new one")
         if not 1 <= concurrency <= self.max_concurrency:
             raise RequestValidationError(
                 "concurrency",
@@ -651,6 +693,18 @@ class AsyncApiframe:
         """The account behind the key: email, credits left, images made, plan."""
         reply = await self._sender.call(ACCOUNT, timeout=timeout)
         return reply.parse(lambda data: self._wire.structure(data, Account))
+
+
+def _check_borrowed(*, proxy: object, verify: object, trust_env: bool) -> None:
+    # A borrowed client's own settings apply; ours would silently not, so say so now.
+    given = {"proxy": proxy is not None, "verify": verify is not True, "trust_env": not trust_env}
+    for field, set_here in given.items():
+        if set_here:
+            raise RequestValidationError(
+                field,
+                "cannot be combined with http_client, which keeps its own network settings",
+                allowed=f"set {field} on the httpx.AsyncClient you pass in",
+            )
 
 
 def _check_choice(field: str, value: object, allowed: tuple[str, ...]) -> None:

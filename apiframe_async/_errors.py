@@ -17,6 +17,7 @@ ApiframeError
 ├── TaskFailedError                             the task ended with status "failed"
 ├── TaskTimeoutError (also TimeoutError)        a wait's deadline passed; the task lives on
 ├── UncertainSubmissionError                    a resumed job's request may have been charged
+├── ClientClosedError (also RuntimeError)       the client was closed; nothing was sent
 └── DownloadError                               a photo could not be saved safely
 ```
 
@@ -252,6 +253,14 @@ class DownloadError(ApiframeError):
         self.url = url
         self.reason = reason
         super().__init__(f"cannot save {url}: {reason}")
+
+
+class ClientClosedError(ApiframeError, RuntimeError):
+    """The client was closed (`aclose()`, or the end of its `async with` block).
+
+    Raised before anything is sent, by every request made after the close, also when a
+    borrowed `http_client` was closed by its owner. Make a new client to go on.
+    """
 
 
 class UncertainSubmissionError(ApiframeError):

@@ -19,7 +19,13 @@ import anyio
 import attrs
 import httpx
 
-from ._errors import APIConnectionError, ApiframeError, APITimeoutError, ResponseValidationError
+from ._errors import (
+    APIConnectionError,
+    ApiframeError,
+    APITimeoutError,
+    ClientClosedError,
+    ResponseValidationError,
+)
 from ._replies import ACCEPT_ENCODING, DEFAULT_MAX_RESPONSE_BYTES, read_reply
 from ._retry import RetryPolicy, call_with_retries
 from ._status import status_error
@@ -31,8 +37,15 @@ T = TypeVar("T")
 #: A per-call timeout: seconds for every phase, an `httpx.Timeout`, or None for the client's.
 TimeoutTypes = float | httpx.Timeout | None
 
-# Failures that prove no byte of the request reached the server.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+# Failures that prove no byte of the request reached the server. A proxy that refuses the
+# tunnel (ProxyError) does so before any byte of the request goes in.
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+)
 
 
 _PUSHBACK_STATUSES = frozenset({429, 503})
@@ -131,6 +144,7 @@ class Sender:
         self._direct_json_headers = httpx.Headers({**direct, "Content-Type": "application/json"})
         self._timeouts = timeout.as_dict()
         self._resume_at = 0.0
+        self._closed = False
         #: 429 and 503 answers seen so far: bulk jobs read it to sense server pressure,
         #: including answers that a retry then got past.
         self.pushbacks = 0
@@ -143,6 +157,15 @@ class Sender:
     def base_url(self) -> str:
         """The API's base URL, without a trailing slash."""
         return self._base_url
+
+    @property
+    def closed(self) -> bool:
+        """Whether requests are refused: `close()` was called, or the httpx client closed."""
+        return self._closed or self._client.is_closed
+
+    def close(self) -> None:
+        """Refuse every request from now on."""
+        self._closed = True
 
     @property
     def limiter(self) -> anyio.Semaphore:
@@ -178,6 +201,11 @@ class Sender:
         task_id: str | None = None,
     ) -> Reply:
         """One attempt, no retry: wait out any 429 pause, then send within the limit."""
+        if self.closed:
+            raise ClientClosedError(
+                f"cannot send {endpoint.method} {endpoint.path}: the client is closed; "
+                "nothing was sent"
+            )
         await self._wait_for_rate_limit()
         request = self._build(endpoint, content, timeout)
         method, url = endpoint.method, str(request.url)
@@ -273,9 +301,13 @@ class Sender:
 def translated(exc: httpx.HTTPError, *, method: str, url: str) -> ApiframeError:
     """Our error for an httpx failure, saying whether the request may have gone out."""
     sent = not isinstance(exc, _NOT_SENT)
+    unsent = "" if sent else "; nothing was sent"
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(
-            f"timed out: {type(exc).__name__}", method=method, url=url, may_have_been_submitted=sent
+            f"timed out: {type(exc).__name__}{unsent}",
+            method=method,
+            url=url,
+            may_have_been_submitted=sent,
         )
     if isinstance(exc, httpx.DecodingError):
         return ResponseValidationError(
@@ -284,7 +316,7 @@ def translated(exc: httpx.HTTPError, *, method: str, url: str) -> ApiframeError:
     # A transport error, or anything else httpx may add: unless it proves the request never
     # left, it may have reached the server.
     return APIConnectionError(
-        f"connection failed: {type(exc).__name__}: {exc}",
+        f"connection failed: {type(exc).__name__}: {exc}{unsent}",
         method=method,
         url=url,
         may_have_been_submitted=sent,

@@ -15,6 +15,7 @@ on it:
     writing the request                       httpx.WriteError, httpx.WriteTimeout
     waiting for or reading the response       httpx.ReadError, httpx.ReadTimeout
     peer closed early, malformed response     httpx.RemoteProtocolError
+    a proxy refusing the CONNECT tunnel       httpx.ProxyError (never sent either)
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, Self, TypeAlias, cast
 import anyio
 import anyio.abc
 import anyio.streams.tls
-import certifi
 import httpx
 
+from ._network import VerifyTypes, open_tunnel, ssl_context
 from ._parser import ResponseParser
 
 if TYPE_CHECKING:
@@ -301,24 +302,31 @@ class PooledTransport(httpx.AsyncBaseTransport):
     are parsed by llhttp (httptools), with the stricter checks of `_parser`.
 
     Args:
-        verify: `True` checks certificates against certifi's roots, `False` does not check,
-            or pass your own `ssl.SSLContext`.
+        verify: `True` checks certificates against certifi's roots (or `SSL_CERT_FILE` /
+            `SSL_CERT_DIR` with `trust_env`), `False` does not check; or a CA bundle path,
+            or your own `ssl.SSLContext`.
         keepalive_expiry: Seconds an idle connection may be reused for; `None` for ever.
             Expired connections are closed as traffic goes on, not only when reached.
         max_idle_per_origin: How many idle connections to keep per origin; `None` keeps all.
         max_response_bytes: Body bytes allowed per response as sent (before any content
             decoding); a larger one is refused while it streams. `None` for no limit.
+        trust_env: Read `SSL_CERT_FILE` and `SSL_CERT_DIR`.
+        proxy: An http:// proxy to reach every origin through, by CONNECT.
     """
 
     def __init__(
         self,
         *,
-        verify: ssl.SSLContext | bool = True,
+        verify: VerifyTypes = True,
         keepalive_expiry: float | None = 5.0,
         max_idle_per_origin: int | None = None,
         max_response_bytes: int | None = None,
+        trust_env: bool = True,
+        proxy: httpx.Proxy | None = None,
     ) -> None:
         self._verify = verify
+        self._trust_env = trust_env
+        self._proxy = proxy
         self._keepalive_expiry = keepalive_expiry
         self._max_idle = max_idle_per_origin
         self._max_body = max_response_bytes
@@ -450,6 +458,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
     async def _open_stream(self, origin: _Origin) -> anyio.abc.ByteStream:
         scheme, host, port = origin
+        if self._proxy is not None:
+            tls = self._ssl_context if scheme == "https" else None
+            return await open_tunnel(self._proxy, host, port, tls)
         if scheme == "http":
             return await anyio.connect_tcp(host, port)
         return await anyio.connect_tcp(
@@ -459,13 +470,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
     @functools.cached_property
     def _ssl_context(self) -> ssl.SSLContext:
         # Built on first use: loading the CA bundle costs milliseconds plain HTTP never needs.
-        if isinstance(self._verify, ssl.SSLContext):
-            return self._verify
-        context = ssl.create_default_context(cafile=certifi.where())
-        if not self._verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        return ssl_context(self._verify, trust_env=self._trust_env)
 
 
 def _origin(request: httpx.Request) -> _Origin:

@@ -337,7 +337,8 @@ TRANSPORT_FAILURES = [
     pytest.param(httpx.ReadError, APIConnectionError, True, id="ReadError"),
     pytest.param(httpx.WriteError, APIConnectionError, True, id="WriteError"),
     pytest.param(httpx.RemoteProtocolError, APIConnectionError, True, id="RemoteProtocolError"),
-    pytest.param(httpx.ProxyError, APIConnectionError, True, id="ProxyError"),
+    # httpx raises it only while the proxy connection is set up (CONNECT, SOCKS handshake).
+    pytest.param(httpx.ProxyError, APIConnectionError, False, id="ProxyError"),
 ]
 
 

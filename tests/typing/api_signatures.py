@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, assert_type
@@ -36,6 +37,7 @@ from apiframe_async import (
     AuthenticationError,
     BadRequestError,
     BulkJob,
+    ClientClosedError,
     DownloadError,
     Ethnicity,
     Gender,
@@ -137,6 +139,11 @@ async def client_lifetime(http: httpx.AsyncClient, receiver: WebhookReceiver) ->
     async with AsyncApiframe(timeout=30.0):
         pass
     await client.aclose()
+    context = ssl.create_default_context()
+    for verify in (True, False, "corp-ca.pem", Path("corp-ca.pem"), context):
+        AsyncApiframe("key", verify=verify, trust_env=False)
+    for proxy in ("http://u:p@proxy:3128", httpx.URL("http://proxy:3128"), httpx.Proxy("http://p")):
+        AsyncApiframe("key", proxy=proxy)
 
 
 async def generation(client: AsyncApiframe) -> None:
@@ -360,6 +367,8 @@ def errors(exc: Exception) -> None:  # noqa: C901 -- one branch per error type
         assert_type(exc.last_status, str | None)
     if isinstance(exc, UncertainSubmissionError):
         assert_type(exc.key, str)
+    if isinstance(exc, ClientClosedError):
+        assert isinstance(exc, RuntimeError)
     if isinstance(exc, DownloadError):
         assert_type(exc.url, str)
         assert_type(exc.reason, str)
