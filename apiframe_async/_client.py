@@ -13,9 +13,27 @@ import anyio
 import attrs
 import httpx
 
-from ._errors import ApiframeError, NotFoundError, RequestValidationError, ResponseValidationError
+from ._errors import (
+    ApiframeError,
+    NotFoundError,
+    RequestValidationError,
+    ResponseValidationError,
+    TaskFailedError,
+    TaskPollError,
+    TaskWaitError,
+)
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, Work, as_request
-from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
+from ._http import (
+    ACCOUNT,
+    FETCH,
+    FETCH_MANY,
+    GENERATE,
+    TRAIN,
+    UPLOAD,
+    BeforeSend,
+    Sender,
+    TimeoutTypes,
+)
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
 from ._journal import Journal, JournaledWork, ReplayPolicy, UncertainPolicy
 from ._models import (
@@ -306,7 +324,19 @@ class AsyncApiframe:
     async def _generate(
         self, request: GenerateRequest, *, timeout: TimeoutTypes = None
     ) -> Generation:
-        reply = await self._sender.call(GENERATE, self._wire.body(request), timeout=timeout)
+        return await self._complete(await self._submit(request, timeout=timeout))
+
+    async def _submit(
+        self,
+        request: GenerateRequest,
+        *,
+        timeout: TimeoutTypes = None,
+        before_send: BeforeSend | None = None,
+    ) -> Task:
+        """The paid step: POST the generation; its answer, finished or with a task to wait on."""
+        reply = await self._sender.call(
+            GENERATE, self._wire.body(request), timeout=timeout, before_send=before_send
+        )
         task = reply.parse(self._wire.task)
         if not task.is_terminal and not task.task_id.strip():
             raise ResponseValidationError(
@@ -315,8 +345,26 @@ class AsyncApiframe:
                 method=GENERATE.method,
                 url=str(reply.response.request.url),
             )
-        task = checked(task) if task.is_terminal else await self.wait(task.task_id)
-        return self._wire.generation(task)
+        return task
+
+    async def _complete(self, task: Task | str) -> Generation:
+        """The free step: the accepted generation's photos, waiting on its task if need be.
+
+        Raises:
+            TaskWaitError: The wait ended without the result (the deadline passed, or
+                polls failed); carries the task id. The submission is never sent again.
+        """
+        if isinstance(task, Task) and task.is_terminal:
+            return self._wire.generation(checked(task))
+        task_id = task if isinstance(task, str) else task.task_id
+        try:
+            finished = await self.wait(task_id)
+        except (TaskWaitError, TaskFailedError):
+            raise
+        except ApiframeError as exc:
+            # A task the server stops knowing, say: still an accepted task, not a refusal.
+            raise TaskPollError(task_id, exc) from exc
+        return self._wire.generation(finished)
 
     def generate_many(
         self,
@@ -393,9 +441,15 @@ class AsyncApiframe:
             _check_choice("on_uncertain", on_uncertain, get_args(UncertainPolicy))
             _check_choice("replay", replay, get_args(ReplayPolicy))
             opened = journal if isinstance(journal, Journal) else Journal(journal)
-            journaled = JournaledWork(opened, self._generate, on_uncertain=on_uncertain, key=key)
+            journaled = JournaledWork(
+                opened, self._submit, self._complete, on_uncertain=on_uncertain, key=key
+            )
             work = journaled
-            options = {"claim": journaled.claim, "yield_replayed": replay == "yield"}
+            options = {
+                "claim": journaled.claim,
+                "yield_replayed": replay == "yield",
+                "on_not_sent": journaled.not_sent,
+            }
             if opened is not journal:
                 options["on_close"] = opened.close  # the job opened it, the job closes it
         return BulkJob(

@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -29,6 +29,9 @@ T = TypeVar("T")
 
 #: A per-call timeout: seconds for every phase, an `httpx.Timeout`, or None for the client's.
 TimeoutTypes = float | httpx.Timeout | None
+
+#: Called once per attempt, right before its bytes leave (a journal marks it in flight).
+BeforeSend = Callable[[], Awaitable[None]]
 
 # Failures that prove no byte of the request reached the server.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -147,12 +150,18 @@ class Sender:
         *,
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
+        before_send: BeforeSend | None = None,
     ) -> Reply:
-        """Send `body` to `endpoint` with this client's retry rules; return the reply."""
+        """Send `body` to `endpoint` with this client's retry rules; return the reply.
+
+        `before_send` is awaited before each attempt's bytes leave, once its slot is held.
+        """
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
 
         async def attempt() -> Reply:
-            return await self.send_once(endpoint, content, timeout=timeout, task_id=task_id)
+            return await self.send_once(
+                endpoint, content, timeout=timeout, task_id=task_id, before_send=before_send
+            )
 
         return await call_with_retries(self.retry, attempt, paid=endpoint.paid)
 
@@ -163,12 +172,16 @@ class Sender:
         *,
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
+        before_send: BeforeSend | None = None,
     ) -> Reply:
         """One attempt, no retry: wait out any 429 pause, then send within the limit."""
         await self._wait_for_rate_limit()
         request = self._build(endpoint, content, timeout)
         method, url = endpoint.method, str(request.url)
         async with self.limiter:
+            if before_send is not None:
+                # Last thing before the bytes go: what it marks in flight may really be.
+                await before_send()
             try:
                 response = await self._send(request)
             except httpx.HTTPError as exc:

@@ -166,14 +166,15 @@ async def test_a_caller_key_names_items(
     assert server.generated == Counter({"v1": 1})
 
 
-async def test_the_journal_is_wal_and_holds_no_key(
+async def test_the_journal_is_one_file_and_holds_no_key(
     client: AsyncApiframe, server: Server, tmp_path: Path
 ) -> None:
-    """The journal is a WAL-mode SQLite file with one row per item and no trace of the key."""
+    """The journal is one SQLite file (no side file), one row per item, no trace of the key."""
     journal = tmp_path / "job.sqlite"
     await run(client, prompts("a", "b"), journal)
+    assert [p.name for p in tmp_path.iterdir()] == ["job.sqlite"]
     with sqlite3.connect(journal) as db:
-        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
         assert db.execute("SELECT COUNT(*), MIN(state), MAX(state) FROM items").fetchone() == (
             2,
             "done",
