@@ -78,11 +78,11 @@ def main() -> None:
         shipped = anyio.run(_shipped, Path(folder) / "shipped.sqlite", args.items)
         rollback = _raw(Path(folder) / "rollback.sqlite", args.items, wal=False)
         wal = _raw(Path(folder) / "wal.sqlite", args.items, wal=True)
-    print(_line(f"Journal (schema v{SCHEMA_VERSION}), via a thread", shipped))  # noqa: T201
-    print(_line("raw SQL, rollback + exclusive + FULL", rollback))  # noqa: T201
-    print(_line("raw SQL, WAL + FULL (0.1's mode)", wal))  # noqa: T201
+    print(_line(f"Journal (schema v{SCHEMA_VERSION}), via a thread", shipped))
+    print(_line("raw SQL, rollback + exclusive + FULL", rollback))
+    print(_line("raw SQL, WAL + FULL (0.1's mode)", wal))
     ratio = statistics.median(rollback) / statistics.median(wal)
-    print(f"rollback / WAL: {ratio:.2f}x")  # noqa: T201
+    print(f"rollback / WAL: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

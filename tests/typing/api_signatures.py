@@ -36,14 +36,20 @@ from apiframe_async import (
     AuthenticationError,
     BadRequestError,
     BulkJob,
+    ClientError,
     DownloadError,
     Ethnicity,
     Gender,
     GenerateRequest,
     Generation,
     ImageSource,
+    InsufficientCreditsError,
     Journal,
+    JournalError,
+    JournalInUseError,
+    NoImagesError,
     NotFoundError,
+    NotSentError,
     Outcome,
     PermissionDeniedError,
     PollPolicy,
@@ -60,8 +66,10 @@ from apiframe_async import (
     Task,
     TaskBatch,
     TaskFailedError,
+    TaskPollError,
     TaskStatus,
     TaskTimeoutError,
+    TaskWaitError,
     TrainRequest,
     UncertainPolicy,
     UncertainSubmissionError,
@@ -177,6 +185,7 @@ def _show(progress: Progress) -> None:
     assert_type(progress.in_flight, int)
     assert_type(progress.concurrency, int)
     assert_type(progress.done, int)
+    assert_type(progress.stopped_by, ApiframeError | None)
 
 
 def _key(request: GenerateRequest) -> str:
@@ -327,7 +336,7 @@ async def webhooks(headers: Mapping[str, str], body: bytes) -> None:
     assert_type(parse_webhook({"task_id": "t", "status": "finished"}), Task)
 
 
-def errors(exc: Exception) -> None:  # noqa: C901 -- one branch per error type
+def errors(exc: Exception) -> None:  # noqa: C901, PLR0912 -- one branch per error type
     if isinstance(exc, RequestValidationError):
         assert_type(exc.field, str)
         assert_type(exc.allowed, str | None)
@@ -359,6 +368,20 @@ def errors(exc: Exception) -> None:  # noqa: C901 -- one branch per error type
         assert_type(exc.last_status, str | None)
     if isinstance(exc, UncertainSubmissionError):
         assert_type(exc.key, str)
+    if isinstance(exc, InsufficientCreditsError):
+        assert_type(exc.messages, tuple[str, ...])
+    if isinstance(exc, NoImagesError):
+        assert_type(exc.task_id, str)
+    if isinstance(exc, TaskWaitError):
+        assert_type(exc.task_id, str)
+    if isinstance(exc, TaskPollError):
+        assert_type(exc.last_error, ApiframeError)
+    if isinstance(exc, NotSentError):
+        assert_type(exc.reason, ApiframeError)
+    if isinstance(exc, JournalError):
+        assert_type(exc.path, str)
+    if isinstance(exc, JournalInUseError):
+        assert_type(exc.path, str)
     if isinstance(exc, DownloadError):
         assert_type(exc.url, str)
         assert_type(exc.reason, str)
@@ -368,6 +391,8 @@ def errors(exc: Exception) -> None:  # noqa: C901 -- one branch per error type
         NotFoundError,
         RequestTimeoutError,
         ServerError,
+        ClientError,
+        InsufficientCreditsError,
     )
     del leaves
 
