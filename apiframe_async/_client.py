@@ -309,6 +309,11 @@ class AsyncApiframe:
             APITimeoutError: No reply in time. The generation may have been submitted and
                 charged, so it is not retried; `may_have_been_submitted` says which.
             TaskFailedError: The generation failed; carries the server's reason.
+            TaskWaitError: The generation was accepted, and the wait for it ended first
+                (its deadline, or polls that kept failing); carries `task_id`: call
+                `wait()` on it, never `generate()` again.
+            NoImagesError: The generation finished without any photo.
+            InsufficientCreditsError: The balance cannot pay for it (402).
             APIStatusError: The server refused (400, 401, 429 past the retries, ...).
         """
         if request is not None and fields:
@@ -412,9 +417,10 @@ class AsyncApiframe:
                 one per window of successes. Requests turned away that way are tried
                 again, as they cost nothing.
             on_progress: Called with the job's `Progress` each time a request ends.
-            journal: A SQLite file (or `Journal`) that records each paid request before
-                and after it is sent, so that a job run again with the same journal sends
-                only what is not done yet. See `Journal`.
+            journal: A SQLite file (or `Journal`) that records each paid request right
+                before it is sent and when it ends, so that a job run again with the same
+                journal sends only what is not done yet, and waits on what was accepted.
+                One journal serves one run at a time. See `Journal`.
             on_uncertain: With a journal, what to do with requests that may have been
                 charged by an earlier run that stopped mid-request: `"skip"` (the default:
                 a failed outcome with `UncertainSubmissionError`) or `"resend"`.
@@ -423,9 +429,15 @@ class AsyncApiframe:
             key: With a journal, an item's identity from its request (default: a hash of
                 its fields; identical requests are told apart by their order).
 
+        After a 401, 402 or 403 the job submits nothing more: the requests not sent end
+        with `NotSentError`, and `progress.stopped_by` holds the reason.
+
         Raises:
             RequestValidationError: `concurrency` is not within 1 to `max_concurrency`,
                 or a policy is not one of its values.
+            JournalInUseError: Another run has the journal open; nothing was sent.
+            JournalError: The journal file cannot be used (damaged, not a journal, or
+                from a newer version).
         """
         if not 1 <= concurrency <= self.max_concurrency:
             raise RequestValidationError(

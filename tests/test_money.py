@@ -127,6 +127,23 @@ def test_one_classification_for_retries_jobs_and_journals(
     assert not dooms_the_job(error) or charge is Charge.NOT_CHARGED
 
 
+@pytest.mark.parametrize(
+    ("error", "doomed"),
+    [
+        pytest.param(_status_error(401, AuthenticationError), True, id="401"),
+        pytest.param(_status_error(402, ClientError), True, id="402"),
+        pytest.param(_status_error(403, PermissionDeniedError), True, id="403"),
+        pytest.param(_status_error(400, ClientError), False, id="400"),
+        pytest.param(_status_error(429, RateLimitError), False, id="429"),
+        pytest.param(_status_error(500), False, id="500"),
+        pytest.param(TaskPollError("g", _status_error(401)), False, id="poll-401"),
+    ],
+)
+def test_only_a_refused_key_or_balance_dooms_a_job(error: ApiframeError, doomed: bool) -> None:
+    """401, 402 and 403 on a submission stop a job; a prompt's own refusal does not."""
+    assert dooms_the_job(error) is doomed
+
+
 def test_a_poll_failure_is_never_pushback_of_the_submission() -> None:
     """A 429 met while waiting on an accepted task does not make the job send it again."""
     error = TaskPollError("g", _status_error(429, RateLimitError))
