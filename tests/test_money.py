@@ -54,6 +54,7 @@ from apiframe_async import (
     UncertainSubmissionError,
 )
 from apiframe_async._charges import Charge, charge_of, dooms_the_job, turned_away
+from apiframe_async._journal import request_key
 from apiframe_async._wire import Wire
 from apiframe_async.testing import FakeApiframe, Fault, Faults
 
@@ -468,6 +469,42 @@ def test_a_0_1_journal_is_migrated_conservatively(
     with Journal(path) as journal:
         assert journal.counts() == {state: 1}
     assert not (tmp_path / "old.sqlite-wal").exists()
+
+
+async def test_a_resumed_0_1_journal_resends_only_what_provably_cost_nothing(
+    tmp_path: Path,
+) -> None:
+    """A 0.1 journal (WAL, `failed` rows) resumed at the server: only the 400 is sent again."""
+    fake = FakeApiframe(seed=14)
+    training_id = fake.add_trained_model()
+    requests = _requests(training_id, 4, name="old")
+    done = json.dumps(
+        {"task_id": "t0", "status": "finished", "image_urls": ["u"], "task_type": None, "extra": {}}
+    )
+    rows = [
+        ("done", done, None),
+        ("failed", None, _v1_error("BadRequestError", "400 Invalid request (POST u)")),
+        ("failed", None, _v1_error("ServerError", "502 Bad Gateway (POST u)")),
+        ("sending", None, None),
+    ]
+    path = tmp_path / "old.sqlite"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_V1_SCHEMA)
+        for position, (request, (state, result, error)) in enumerate(
+            zip(requests, rows, strict=True)
+        ):
+            db.execute(
+                "INSERT INTO items VALUES (?, 0, ?, '{}', ?, ?, ?, 1, 0.0)",
+                (request_key(request), position, state, result, error),
+            )
+    async with fake.serve() as base_url, AsyncApiframe(fake.api_key, base_url=base_url) as client:
+        outcomes = await _run(client, requests, concurrency=4, journal=path)
+    assert outcomes[0].replayed
+    assert outcomes[1].ok
+    assert not outcomes[1].replayed
+    assert all(isinstance(o.error, UncertainSubmissionError) for o in outcomes[2:])
+    assert fake.generate_count_by_prompt() == {"old 1": 1}
 
 
 def test_a_journal_of_a_newer_version_is_refused(tmp_path: Path) -> None:
