@@ -11,6 +11,8 @@ How the bounds hold:
 - Under pressure (429, 503) an adaptive limit cuts the requests in flight by a quarter
   (down to a quarter of `concurrency` at most), then grows back by one per window of
   successes, never above `concurrency`.
+- After a 401, 402 or 403 (see `_charges.dooms_the_job`) no new request is started: the
+  items left end with `NotSentError`, so a doomed job pays for at most what was in flight.
 """
 
 from __future__ import annotations
