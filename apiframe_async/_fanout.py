@@ -407,7 +407,7 @@ class BulkJob(Generic[T]):
                         continue
                     if dooms_the_job(exc) and self.progress.stopped_by is None:
                         self.progress.stopped_by = exc
-                        logger.warning("no more requests sent: %s", exc)
+                        logger.info("no more requests sent: %s", exc)
                     self._tally(exc)
                     return Outcome(index=index, request=request, error=exc)
             self._count(error=None, pushed_back=self._pushbacks() > pushbacks)
