@@ -20,9 +20,22 @@ from ._errors import (
     NotFoundError,
     RequestValidationError,
     ResponseValidationError,
+    TaskFailedError,
+    TaskPollError,
+    TaskWaitError,
 )
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, Work, as_request
-from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
+from ._http import (
+    ACCOUNT,
+    FETCH,
+    FETCH_MANY,
+    GENERATE,
+    TRAIN,
+    UPLOAD,
+    BeforeSend,
+    Sender,
+    TimeoutTypes,
+)
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
 from ._journal import Journal, JournaledWork, ReplayPolicy, UncertainPolicy
 from ._models import (
@@ -340,6 +353,11 @@ class AsyncApiframe:
             APITimeoutError: No reply in time. The generation may have been submitted and
                 charged, so it is not retried; `may_have_been_submitted` says which.
             TaskFailedError: The generation failed; carries the server's reason.
+            TaskWaitError: The generation was accepted, and the wait for it ended first
+                (its deadline, or polls that kept failing); carries `task_id`: call
+                `wait()` on it, never `generate()` again.
+            NoImagesError: The generation finished without any photo.
+            InsufficientCreditsError: The balance cannot pay for it (402).
             APIStatusError: The server refused (400, 401, 429 past the retries, ...).
         """
         if request is not None and fields:
@@ -355,7 +373,19 @@ class AsyncApiframe:
     async def _generate(
         self, request: GenerateRequest, *, timeout: TimeoutTypes = None
     ) -> Generation:
-        reply = await self._sender.call(GENERATE, self._wire.body(request), timeout=timeout)
+        return await self._complete(await self._submit(request, timeout=timeout))
+
+    async def _submit(
+        self,
+        request: GenerateRequest,
+        *,
+        timeout: TimeoutTypes = None,
+        before_send: BeforeSend | None = None,
+    ) -> Task:
+        """The paid step: POST the generation; its answer, finished or with a task to wait on."""
+        reply = await self._sender.call(
+            GENERATE, self._wire.body(request), timeout=timeout, before_send=before_send
+        )
         task = reply.parse(self._wire.task)
         if not task.is_terminal and not task.task_id.strip():
             raise ResponseValidationError(
@@ -364,8 +394,26 @@ class AsyncApiframe:
                 method=GENERATE.method,
                 url=str(reply.response.request.url),
             )
-        task = checked(task) if task.is_terminal else await self.wait(task.task_id)
-        return self._wire.generation(task)
+        return task
+
+    async def _complete(self, task: Task | str) -> Generation:
+        """The free step: the accepted generation's photos, waiting on its task if need be.
+
+        Raises:
+            TaskWaitError: The wait ended without the result (the deadline passed, or
+                polls failed); carries the task id. The submission is never sent again.
+        """
+        if isinstance(task, Task) and task.is_terminal:
+            return self._wire.generation(checked(task))
+        task_id = task if isinstance(task, str) else task.task_id
+        try:
+            finished = await self.wait(task_id)
+        except (TaskWaitError, TaskFailedError):
+            raise
+        except ApiframeError as exc:
+            # A task the server stops knowing, say: still an accepted task, not a refusal.
+            raise TaskPollError(task_id, exc) from exc
+        return self._wire.generation(finished)
 
     def generate_many(
         self,
@@ -413,9 +461,10 @@ class AsyncApiframe:
                 one per window of successes. Requests turned away that way are tried
                 again, as they cost nothing.
             on_progress: Called with the job's `Progress` each time a request ends.
-            journal: A SQLite file (or `Journal`) that records each paid request before
-                and after it is sent, so that a job run again with the same journal sends
-                only what is not done yet. See `Journal`.
+            journal: A SQLite file (or `Journal`) that records each paid request right
+                before it is sent and when it ends, so that a job run again with the same
+                journal sends only what is not done yet, and waits on what was accepted.
+                One journal serves one run at a time. See `Journal`.
             on_uncertain: With a journal, what to do with requests that may have been
                 charged by an earlier run that stopped mid-request: `"skip"` (the default:
                 a failed outcome with `UncertainSubmissionError`) or `"resend"`.
@@ -424,10 +473,16 @@ class AsyncApiframe:
             key: With a journal, an item's identity from its request (default: a hash of
                 its fields; identical requests are told apart by their order).
 
+        After a 401, 402 or 403 the job submits nothing more: the requests not sent end
+        with `NotSentError`, and `progress.stopped_by` holds the reason.
+
         Raises:
             RequestValidationError: `concurrency` is not within 1 to `max_concurrency`,
                 or a policy is not one of its values.
             ClientClosedError: The client is closed: the job would fail every request.
+            JournalInUseError: Another run has the journal open; nothing was sent.
+            JournalError: The journal file cannot be used (damaged, not a journal, or
+                from a newer version).
         """
         if self._sender.closed:
             raise ClientClosedError("this AsyncApiframe is closed: make a new one")
@@ -445,9 +500,15 @@ class AsyncApiframe:
             _check_choice("on_uncertain", on_uncertain, get_args(UncertainPolicy))
             _check_choice("replay", replay, get_args(ReplayPolicy))
             opened = journal if isinstance(journal, Journal) else Journal(journal)
-            journaled = JournaledWork(opened, self._generate, on_uncertain=on_uncertain, key=key)
+            journaled = JournaledWork(
+                opened, self._submit, self._complete, on_uncertain=on_uncertain, key=key
+            )
             work = journaled
-            options = {"claim": journaled.claim, "yield_replayed": replay == "yield"}
+            options = {
+                "claim": journaled.claim,
+                "yield_replayed": replay == "yield",
+                "on_not_sent": journaled.not_sent,
+            }
             if opened is not journal:
                 options["on_close"] = opened.close  # the job opened it, the job closes it
         return BulkJob(

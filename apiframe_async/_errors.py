@@ -8,16 +8,24 @@ ApiframeError
 ├── APIStatusError                              the server answered with an error status
 │   ├── BadRequestError            400          .messages from the server's errors[].msg
 │   ├── AuthenticationError        401
+│   ├── InsufficientCreditsError   402          .messages: the server's words
 │   ├── PermissionDeniedError      403
 │   ├── NotFoundError              404
 │   ├── RequestTimeoutError        408
 │   ├── RateLimitError             429          .retry_after in seconds, when given
+│   ├── ClientError                4xx          any other 4xx: the request was refused
 │   └── ServerError                5xx          (and any other unexpected status)
 ├── ResponseValidationError                     a reply that does not fit the contract
+│   └── NoImagesError                           a generation "finished" without photos
 ├── TaskFailedError                             the task ended with status "failed"
-├── TaskTimeoutError (also TimeoutError)        a wait's deadline passed; the task lives on
+├── TaskWaitError                               accepted, but the wait did not end it
+│   ├── TaskTimeoutError (also TimeoutError)    a wait's deadline passed; the task lives on
+│   └── TaskPollError                           polls failed; the task lives on
+├── NotSentError                                a bulk job stopped before sending this
 ├── UncertainSubmissionError                    a resumed job's request may have been charged
 ├── ClientClosedError (also RuntimeError)       the client was closed; nothing was sent
+├── JournalError                                a journal cannot be used as it is
+│   └── JournalInUseError                       another run holds the journal
 └── DownloadError                               a photo could not be saved safely
 ```
 
@@ -157,6 +165,20 @@ class AuthenticationError(APIStatusError):
     """401: the API key was refused."""
 
 
+class InsufficientCreditsError(APIStatusError):
+    """402: the account has too few credits for this work; nothing was done or charged.
+
+    Attributes:
+        messages: The `msg` of each item of the server's `errors` list.
+    """
+
+    def __init__(self, *, errors: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:  # noqa: ANN401
+        """Build the error from the server's `errors` list and the status context."""
+        self.messages = tuple(str(item.get("msg", "")) for item in errors)
+        detail = "; ".join(m for m in self.messages if m) or "not enough credits"
+        super().__init__(detail, **kwargs)
+
+
 class PermissionDeniedError(APIStatusError):
     """403: the key may not do this (plan, credits or a proxy's rule)."""
 
@@ -173,8 +195,12 @@ class RateLimitError(APIStatusError):
     """429: too many requests; `retry_after` says how long to wait, when the server said."""
 
 
+class ClientError(APIStatusError):
+    """Any other 4xx: the server or a proxy refused the request as it was sent."""
+
+
 class ServerError(APIStatusError):
-    """5xx, or any status the contract does not describe: the server or a proxy failed."""
+    """5xx, or any other status the contract does not describe: the server or a proxy failed."""
 
 
 class ResponseValidationError(ApiframeError):
@@ -204,6 +230,23 @@ class ResponseValidationError(ApiframeError):
         super().__init__(f"unexpected reply{where}: {'; '.join(self.problems)}")
 
 
+class NoImagesError(ResponseValidationError):
+    """A generation reported `finished` with no photo: a result that cannot be used.
+
+    The task exists and may have been charged: it is never sent again on its own.
+
+    Attributes:
+        task_id: The generation's task.
+    """
+
+    def __init__(self, task_id: str, *, body: str = "") -> None:
+        """Build the error from the finished task's id."""
+        self.task_id = task_id
+        super().__init__(
+            [f"$.image_urls: generation {task_id} finished without any image URL"], body=body
+        )
+
+
 class TaskFailedError(ApiframeError):
     """The task ended with status `failed`.
 
@@ -219,7 +262,23 @@ class TaskFailedError(ApiframeError):
         super().__init__(f"task {task_id} failed: {reason or 'no reason given'}")
 
 
-class TaskTimeoutError(ApiframeError, TimeoutError):
+class TaskWaitError(ApiframeError):
+    """The task was accepted, but the wait for it ended without its result.
+
+    The task goes on at the server (and a generation is charged once, whatever happens to
+    the wait): call `wait(task_id)` again to pick it up. Never send its request again.
+
+    Attributes:
+        task_id: The accepted task.
+    """
+
+    def __init__(self, task_id: str, message: str) -> None:
+        """Build the error from the task id and what ended the wait."""
+        self.task_id = task_id
+        super().__init__(message)
+
+
+class TaskTimeoutError(TaskWaitError, TimeoutError):
     """A wait for a task passed its deadline. The task itself goes on: wait for it again.
 
     Attributes:
@@ -230,13 +289,77 @@ class TaskTimeoutError(ApiframeError, TimeoutError):
 
     def __init__(self, task_id: str, deadline: float, last_status: str | None) -> None:
         """Build the error from the task id and what was last seen of it."""
-        self.task_id = task_id
         self.deadline = deadline
         self.last_status = last_status
         seen = f", last status {last_status!r}" if last_status else ""
         super().__init__(
+            task_id,
             f"task {task_id} not finished after {deadline:g} s{seen}; "
-            "it is still running, call wait() again to keep waiting"
+            "it is still running, call wait() again to keep waiting",
+        )
+
+
+class TaskPollError(TaskWaitError):
+    """Polling an accepted task failed, until the wait's deadline or outright.
+
+    Polls pushed back (429, 503) or failing (5xx, timeouts, drops) are waited out until
+    the deadline; a refusal (a 401, say) ends the wait at once. The task itself goes on:
+    wait for it again.
+
+    Attributes:
+        task_id: The accepted task.
+        last_error: The poll's failure (also the `__cause__`).
+    """
+
+    def __init__(self, task_id: str, last_error: ApiframeError) -> None:
+        """Build the error from the task id and the poll's failure."""
+        self.last_error = last_error
+        super().__init__(
+            task_id,
+            f"task {task_id} was accepted, but polling it failed ({last_error}); "
+            "it is not sent again: call wait() to pick it up",
+        )
+
+
+class NotSentError(ApiframeError):
+    """A bulk job stopped sending paid requests before this one, and says why.
+
+    After a 401, 402 or 403 every other request would be refused the same way, so the
+    job submits nothing more. Nothing was sent or charged for this item; a journal
+    records it as not charged, so a rerun sends it once the key or balance is fixed.
+
+    Attributes:
+        reason: The error that stopped the job.
+    """
+
+    def __init__(self, reason: ApiframeError) -> None:
+        """Build the error from the error that stopped the job."""
+        self.reason = reason
+        super().__init__(f"not sent: the job stopped submitting after {reason}")
+
+
+class JournalError(ApiframeError):
+    """A journal file cannot be used as it is; nothing was sent.
+
+    Attributes:
+        path: The journal's path.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        """Build the error from the journal's path and what is wrong with it."""
+        self.path = path
+        super().__init__(f"journal {path}: {message}")
+
+
+class JournalInUseError(JournalError):
+    """Another run (this process or another) has the journal open: one journal, one run."""
+
+    def __init__(self, path: str) -> None:
+        """Build the error from the journal's path."""
+        super().__init__(
+            path,
+            "in use by another run; wait for it to end (two runs on one journal "
+            "would pay for the same prompts twice)",
         )
 
 

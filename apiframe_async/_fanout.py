@@ -11,6 +11,8 @@ How the bounds hold:
 - Under pressure (429, 503) an adaptive limit cuts the requests in flight by a quarter
   (down to a quarter of `concurrency` at most), then grows back by one per window of
   successes, never above `concurrency`.
+- After a 401, 402 or 403 (see `_charges.dooms_the_job`) no new request is started: the
+  items left end with `NotSentError`, so a doomed job pays for at most what was in flight.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._errors import ApiframeError, RateLimitError, RequestValidationError, ServerError
+from ._charges import dooms_the_job, turned_away
+from ._errors import ApiframeError, NotSentError, RequestValidationError
 from ._models import GenerateRequest
 
 logger = logging.getLogger("apiframe_async")
@@ -35,7 +38,6 @@ T = TypeVar("T")
 RequestLike = GenerateRequest | Mapping[str, Any]
 """A `GenerateRequest`, or a mapping of its fields (as read from JSON lines)."""
 
-_SERVICE_UNAVAILABLE = 503
 _FIELDS = tuple(f.name for f in attrs.fields(GenerateRequest))
 
 
@@ -81,6 +83,8 @@ class Progress:
         failed: Requests that ended with an error.
         in_flight: Requests started and not yet ended.
         concurrency: The adaptive limit's current value.
+        stopped_by: The error (a 401, 402 or 403) after which the job stopped sending
+            paid requests, if one came; the items left end with `NotSentError`.
     """
 
     submitted: int = 0
@@ -88,6 +92,7 @@ class Progress:
     failed: int = 0
     in_flight: int = 0
     concurrency: int = 0
+    stopped_by: ApiframeError | None = None
 
     @property
     def done(self) -> int:
@@ -114,6 +119,10 @@ class _Skipped:
 
 
 def _no_claim(_index: int, _request: GenerateRequest) -> None:
+    return None
+
+
+async def _nothing_to_record(_request: GenerateRequest, _claim: Any, _error: NotSentError) -> None:  # noqa: ANN401
     return None
 
 
@@ -183,12 +192,6 @@ class AdaptiveLimit:
             if self._successes >= self.current:
                 self._successes = 0
                 self._set(self.current + 1)
-
-
-def _is_overload(error: ApiframeError | None) -> bool:
-    return isinstance(error, RateLimitError) or (
-        isinstance(error, ServerError) and error.status_code == _SERVICE_UNAVAILABLE
-    )
 
 
 def as_request(item: object) -> GenerateRequest:
@@ -268,6 +271,9 @@ class BulkJob(Generic[T]):
         claim: Callable[[int, GenerateRequest], Any] = _no_claim,
         yield_replayed: bool = True,
         on_close: Callable[[], object] = lambda: None,
+        on_not_sent: Callable[[GenerateRequest, Any, NotSentError], Awaitable[None]] = (
+            _nothing_to_record
+        ),
     ) -> None:
         """Prepare the job; nothing runs before `async with`.
 
@@ -276,9 +282,11 @@ class BulkJob(Generic[T]):
         input order as each request is pulled, and its value handed to `work` (a journal
         numbers identical requests with it). Replays are yielded as outcomes unless
         `yield_replayed` is False. `on_close` runs when the job ends (to close a journal
-        the job opened).
+        the job opened). `on_not_sent` records an item the job did not send because
+        it stopped (see `Progress.stopped_by`).
         """
         self._on_close = on_close
+        self._on_not_sent = on_not_sent
         self._claim = claim
         self._yield_replayed = yield_replayed
         self._pushbacks = pushbacks
@@ -385,16 +393,21 @@ class BulkJob(Generic[T]):
         self.progress.submitted += 1
         for round_ in range(self._overload_rounds + 1):
             async with self._limit:
+                if self.progress.stopped_by is not None:
+                    return await self._not_sent(index, request, claim, self.progress.stopped_by)
                 self.progress.in_flight += 1
                 pushbacks = self._pushbacks()
                 try:
                     result = await self._work(request, claim)
                 except ApiframeError as exc:
                     self._count(error=exc, pushed_back=self._pushbacks() > pushbacks)
-                    # 429 and 503 prove the request was turned away unprocessed: the job
-                    # slows down (see AdaptiveLimit) and tries it again, at no risk of paying twice.
-                    if _is_overload(exc) and round_ < self._overload_rounds:
+                    # A request turned away unprocessed (see _charges): the job slows down
+                    # (see AdaptiveLimit) and tries it again, at no risk of paying twice.
+                    if turned_away(exc) and round_ < self._overload_rounds:
                         continue
+                    if dooms_the_job(exc) and self.progress.stopped_by is None:
+                        self.progress.stopped_by = exc
+                        logger.info("no more requests sent: %s", exc)
                     self._tally(exc)
                     return Outcome(index=index, request=request, error=exc)
             self._count(error=None, pushed_back=self._pushbacks() > pushbacks)
@@ -406,10 +419,19 @@ class BulkJob(Generic[T]):
             return Outcome(index=index, request=request, result=result)
         raise AssertionError  # pragma: no cover -- the loop always returns
 
+    async def _not_sent(
+        self, index: int, request: GenerateRequest, claim: object, reason: ApiframeError
+    ) -> Outcome[T]:
+        error = NotSentError(reason)
+        await self._on_not_sent(request, claim, error)
+        self._tally(error)
+        return Outcome(index=index, request=request, error=error)
+
     def _count(self, *, error: ApiframeError | None, pushed_back: bool) -> None:
         """Account for one attempt that ended."""
         self.progress.in_flight -= 1
-        self._limit.record(ok=error is None, overloaded=pushed_back or _is_overload(error))
+        overloaded = pushed_back or (error is not None and turned_away(error))
+        self._limit.record(ok=error is None, overloaded=overloaded)
         self.progress.concurrency = self._limit.current
 
     def _tally(self, error: ApiframeError | None) -> None:

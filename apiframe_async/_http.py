@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -47,6 +47,8 @@ _NOT_SENT = (
     httpx.ProxyError,
 )
 
+#: Called once per attempt, right before its bytes leave (a journal marks it in flight).
+BeforeSend = Callable[[], Awaitable[None]]
 
 _PUSHBACK_STATUSES = frozenset({429, 503})
 _NO_CONTENT = httpx.ByteStream(b"")
@@ -183,12 +185,18 @@ class Sender:
         *,
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
+        before_send: BeforeSend | None = None,
     ) -> Reply:
-        """Send `body` to `endpoint` with this client's retry rules; return the reply."""
+        """Send `body` to `endpoint` with this client's retry rules; return the reply.
+
+        `before_send` is awaited before each attempt's bytes leave, once its slot is held.
+        """
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
 
         async def attempt() -> Reply:
-            return await self.send_once(endpoint, content, timeout=timeout, task_id=task_id)
+            return await self.send_once(
+                endpoint, content, timeout=timeout, task_id=task_id, before_send=before_send
+            )
 
         return await call_with_retries(self.retry, attempt, paid=endpoint.paid)
 
@@ -199,6 +207,7 @@ class Sender:
         *,
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
+        before_send: BeforeSend | None = None,
     ) -> Reply:
         """One attempt, no retry: wait out any 429 pause, then send within the limit."""
         if self.closed:
@@ -210,6 +219,9 @@ class Sender:
         request = self._build(endpoint, content, timeout)
         method, url = endpoint.method, str(request.url)
         async with self.limiter:
+            if before_send is not None:
+                # Last thing before the bytes go: what it marks in flight may really be.
+                await before_send()
             try:
                 response = await self._send(request, method, url)
             except httpx.HTTPError as exc:

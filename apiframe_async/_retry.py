@@ -27,14 +27,13 @@ import anyio
 import attrs
 import tenacity
 
+from ._charges import never_left, turned_away
 from ._errors import APIConnectionError, ApiframeError, APIStatusError
 
 T = TypeVar("T")
 
 logger = logging.getLogger("apiframe_async")
 
-# 429 and 503 mean the request was turned away before any work was done: safe even when paid.
-_RETRYABLE_STATUS_PAID = frozenset({429, 503})
 _RETRYABLE_STATUS_FREE = frozenset({408, 429})
 _SERVER_ERRORS = 500
 
@@ -67,11 +66,13 @@ class RetryPolicy:
         """Whether `exc` from a request (paid or free) may be retried under these rules."""
         if isinstance(exc, APIStatusError) and (exc.retry_after or 0) > self.max_retry_after:
             return False
+        if paid:
+            # Only what provably cost nothing; the journal and bulk jobs ask the same rules.
+            return turned_away(exc) or never_left(exc)
         if isinstance(exc, APIConnectionError):
-            return not (paid and exc.may_have_been_submitted)
+            return True
         if isinstance(exc, APIStatusError):
-            allowed = _RETRYABLE_STATUS_PAID if paid else _RETRYABLE_STATUS_FREE
-            return exc.status_code in allowed or (not paid and exc.status_code >= _SERVER_ERRORS)
+            return exc.status_code in _RETRYABLE_STATUS_FREE or exc.status_code >= _SERVER_ERRORS
         return False
 
     def wait(self, state: tenacity.RetryCallState) -> float:

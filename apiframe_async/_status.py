@@ -14,6 +14,8 @@ from ._errors import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    ClientError,
+    InsufficientCreditsError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -94,12 +96,14 @@ def status_error(
         "retry_after": parse_retry_after(response.headers.get("retry-after")),
     }
     message = _server_words(data, response.reason_phrase or "error")
-    if status == 400:  # noqa: PLR2004
+    if status in (400, 402):
         raw = data.get("errors")
         items = [e for e in raw if isinstance(e, Mapping)] if isinstance(raw, list) else []
         if not items and message:
             items = [{"msg": message}]
-        return BadRequestError(errors=items, **context)
+        kind = BadRequestError if status == 400 else InsufficientCreditsError  # noqa: PLR2004
+        return kind(errors=items, **context)
     if status == 429:  # noqa: PLR2004
         return RateLimitError(message, **context)
-    return _BY_STATUS.get(status, ServerError)(message, **context)
+    fallback = ClientError if 400 <= status < 500 else ServerError  # noqa: PLR2004
+    return _BY_STATUS.get(status, fallback)(message, **context)

@@ -5,6 +5,11 @@ polls for every waiter due by then, in `/fetch-many` batches of 20, and hands ea
 result; the others wake with theirs, so a thousand waits cost a thousand/20 requests a
 tick, not a thousand. A webhook delivered to the poller wakes its waiter at once: a wait
 ends with whichever comes first, the webhook or the poll, and ends exactly once.
+
+A poll costs nothing, so a pushed-back or failing poll (429, 503, any 5xx, a timeout, a
+dropped connection) is only waited out, later and later, until the wait's deadline; a
+wait then ends with `TaskPollError`, which carries the task id. It never sends the
+task's own request again: the task is accepted and goes on at the server.
 """
 
 from __future__ import annotations
@@ -16,12 +21,24 @@ from collections.abc import Awaitable, Callable, Iterable
 import anyio
 import attrs
 
-from ._errors import NotFoundError, TaskFailedError, TaskTimeoutError
+from ._errors import (
+    APIConnectionError,
+    ApiframeError,
+    APIStatusError,
+    NotFoundError,
+    TaskFailedError,
+    TaskPollError,
+    TaskTimeoutError,
+)
 from ._models import Task, TaskBatch
 
 #: Polls in a row that a task may be missing from the server's answer before the wait
 #: gives up on it with `NotFoundError`.
 MISSING_POLLS_LIMIT = 3
+
+# Poll answers that tell nothing of the task, only of the server's load or health.
+_PASSING_STATUSES = frozenset({408, 429})
+_SERVER_ERRORS = 500
 
 
 @attrs.frozen(kw_only=True)
@@ -64,6 +81,15 @@ def checked(task: Task) -> Task:
     return task
 
 
+def passing(error: ApiframeError) -> bool:
+    """Whether a poll's failure is worth waiting out: pushback, a 5xx, a lost connection."""
+    if isinstance(error, APIConnectionError):
+        return True
+    return isinstance(error, APIStatusError) and (
+        error.status_code in _PASSING_STATUSES or error.status_code >= _SERVER_ERRORS
+    )
+
+
 @attrs.define(eq=False)
 class _Waiter:
     task_id: str
@@ -72,6 +98,9 @@ class _Waiter:
     polls: int = 0
     missing: int = 0
     latest: Task | None = None
+    #: The failure of the latest poll, if it failed; `fatal` if it is not worth waiting out.
+    error: ApiframeError | None = None
+    fatal: bool = False
     updated: anyio.Event = attrs.Factory(anyio.Event)
 
 
@@ -104,6 +133,8 @@ class Poller:
         Raises:
             TaskFailedError: The task failed; carries the server's reason.
             TaskTimeoutError: The deadline passed; the task goes on.
+            TaskPollError: Polls failed until the deadline, or were refused (a 401, say);
+                the task goes on.
             NotFoundError: The server did not know the task, several polls in a row.
         """
         limit = self.policy.deadline if deadline is None else deadline
@@ -119,6 +150,8 @@ class Poller:
                         return checked(task)
         finally:
             self._forget(waiter)
+        if waiter.error is not None:
+            raise TaskPollError(task_id, waiter.error) from waiter.error
         last = waiter.latest.status if waiter.latest is not None else None
         raise TaskTimeoutError(task_id, limit, str(last) if last is not None else None)
 
@@ -127,6 +160,7 @@ class Poller:
         for waiter in self._waiters.get(task.task_id, ()):
             waiter.latest = task
             waiter.missing = 0
+            waiter.error = None
             waiter.updated.set()
 
     async def _next_update(self, waiter: _Waiter) -> Task:
@@ -148,6 +182,8 @@ class Poller:
                     body="",
                     task_id=waiter.task_id,
                 )
+        if waiter.fatal and waiter.error is not None:
+            raise TaskPollError(waiter.task_id, waiter.error) from waiter.error
         waiter.updated = anyio.Event()
         assert waiter.latest is not None  # noqa: S101 -- set before the event
         return waiter.latest
@@ -155,7 +191,11 @@ class Poller:
     async def _poll_due(self) -> None:
         now = time.monotonic()
         due = [w for w in self._all_waiters() if w.due <= now + self._slack(w)]
-        batch = await self._fetch_batch(list(dict.fromkeys(w.task_id for w in due)))
+        try:
+            batch = await self._fetch_batch(list(dict.fromkeys(w.task_id for w in due)))
+        except ApiframeError as exc:
+            self._failed(due, exc)
+            return
         now = time.monotonic()
         missing = set(batch.missing)
         for waiter in due:
@@ -165,6 +205,19 @@ class Poller:
                 waiter.missing += 1
         for task in batch.tasks.values():
             self.deliver(task)
+
+    def _failed(self, due: list[_Waiter], error: ApiframeError) -> None:
+        # Every waiter of the batch learns of it: each ends its wait (a refusal) or polls
+        # again later (pushback, an outage), no sooner than the server asked.
+        fatal = not passing(error)
+        pause = (error.retry_after or 0.0) if isinstance(error, APIStatusError) else 0.0
+        now = time.monotonic()
+        for waiter in due:
+            waiter.polls += 1
+            waiter.due = now + max(self.policy.interval(waiter.polls), pause)
+            waiter.error, waiter.fatal = error, fatal
+            if fatal:
+                waiter.updated.set()
 
     def _slack(self, waiter: _Waiter) -> float:
         # Waiters due within a quarter of their interval join this poll: batches stay full

@@ -17,7 +17,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from ._errors import ResponseValidationError
+from ._errors import NoImagesError, ResponseValidationError
 from ._models import (
     Account,
     GenerateRequest,
@@ -187,6 +187,7 @@ class Wire:
 
     def structure(self, data: object, cls: type[T], *, body: str = "") -> T:
         """Build `cls` from a decoded reply, or raise `ResponseValidationError`."""
+        _refuse_errors(data, body)
         try:
             return self._converter.structure(data, cls)
         except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
@@ -194,6 +195,7 @@ class Wire:
 
     def task(self, data: object, *, task_id: str | None = None, body: str = "") -> Task:
         """A `Task` from a reply; `task_id` fills in when the reply leaves it out."""
+        _refuse_errors(data, body)
         if task_id is not None and isinstance(data, Mapping) and "task_id" not in data:
             data = {**data, "task_id": task_id}
         return self.structure(data, Task, body=body)
@@ -206,7 +208,13 @@ class Wire:
         return [self.structure(item, Task, body=body) for item in items]
 
     def generation(self, task: Task) -> Generation:
-        """The `Generation` view of a finished generation task."""
+        """The `Generation` view of a finished generation task.
+
+        Raises:
+            NoImagesError: The task says it finished, and has no photo to show.
+        """
+        if not task.image_urls:
+            raise NoImagesError(task.task_id, body=repr(task))
         return Generation(
             task_id=task.task_id,
             status=task.status or TaskStatus.FINISHED,
@@ -214,6 +222,26 @@ class Wire:
             task_type=task.task_type,
             extra=task.extra,
         )
+
+
+def _refuse_errors(data: object, body: str) -> None:
+    refusal = _server_errors(data)
+    if refusal:
+        # A 200 that only carries the server's complaint: its words, not a missing field.
+        raise ResponseValidationError(
+            [f"$.errors: the server answered with errors: {'; '.join(refusal)}"],
+            body=body or repr(data),
+        )
+
+
+def _server_errors(data: object) -> list[str]:
+    """The messages of a reply's non-empty `errors` list, when it has no task to report."""
+    if not isinstance(data, Mapping) or "task_id" in data:
+        return []
+    items = data.get("errors")
+    if not isinstance(items, list) or not items:
+        return []
+    return [str(i.get("msg", i)) if isinstance(i, Mapping) else str(i) for i in items]
 
 
 def _problems(exc: Exception) -> list[str]:

@@ -20,6 +20,8 @@ from apiframe_async import (
     AsyncApiframe,
     AuthenticationError,
     BadRequestError,
+    ClientError,
+    InsufficientCreditsError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -68,7 +70,12 @@ STATUSES = [
     pytest.param(502, HTML_PAGE, {}, ServerError, id="502-html"),
     pytest.param(503, "", {}, ServerError, id="503-empty"),
     pytest.param(504, {}, {}, ServerError, id="504"),
-    pytest.param(418, {"message": "teapot"}, {}, ServerError, id="418-unexpected"),
+    pytest.param(418, {"message": "teapot"}, {}, ClientError, id="418-unexpected"),
+    pytest.param(409, {}, {}, ClientError, id="409-unexpected"),
+    pytest.param(
+        402, {"errors": [{"msg": "Not enough credits"}]}, {}, InsufficientCreditsError, id="402"
+    ),
+    pytest.param(301, "", {}, ServerError, id="301-unexpected"),
 ]
 
 
@@ -425,3 +432,15 @@ def test_parse_retry_after_uses_the_clock_by_default() -> None:
     seconds = parse_retry_after(_http_date(60))
     assert seconds is not None
     assert 55.0 <= seconds <= 60.0
+
+
+@pytest.mark.anyio
+async def test_402_carries_the_servers_words(api: respx.MockRouter, client: AsyncApiframe) -> None:
+    """A 402 is InsufficientCreditsError with the server's errors[].msg; never a ServerError."""
+    body = {"errors": [{"msg": "Not enough credits: 1 needed, 0 left"}]}
+    api.post("/ai-photo-generate").mock(return_value=httpx.Response(402, json=body))
+    with pytest.raises(InsufficientCreditsError) as info:
+        await client.generate(training_id="train-1", prompt="TOKMSN man")
+    assert info.value.messages == ("Not enough credits: 1 needed, 0 left",)
+    assert "Not enough credits" in str(info.value)
+    assert not isinstance(info.value, ServerError)

@@ -34,6 +34,8 @@ class Server:
         self.generated: Counter[str] = Counter()
         self.timeouts: set[str] = set()
         self.refusals: set[str] = set()
+        #: Prompts answered with this reply once the work is done (and charged).
+        self.replies: dict[str, httpx.Response] = {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         prompt = json.loads(request.content)["prompt"]
@@ -43,6 +45,8 @@ class Server:
         if prompt in self.timeouts:
             # The work is done and charged, but the answer never arrives.
             raise httpx.ReadTimeout("no answer", request=request)
+        if prompt in self.replies:
+            return self.replies[prompt]
         n = self.generated[prompt]
         return httpx.Response(
             200, json={"task_id": f"{prompt}#{n}", "status": "finished", "image_urls": ["u"]}
@@ -166,14 +170,15 @@ async def test_a_caller_key_names_items(
     assert server.generated == Counter({"v1": 1})
 
 
-async def test_the_journal_is_wal_and_holds_no_key(
+async def test_the_journal_is_one_file_and_holds_no_key(
     client: AsyncApiframe, server: Server, tmp_path: Path
 ) -> None:
-    """The journal is a WAL-mode SQLite file with one row per item and no trace of the key."""
+    """The journal is one SQLite file (no side file), one row per item, no trace of the key."""
     journal = tmp_path / "job.sqlite"
     await run(client, prompts("a", "b"), journal)
+    assert [p.name for p in tmp_path.iterdir()] == ["job.sqlite"]
     with sqlite3.connect(journal) as db:
-        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
         assert db.execute("SELECT COUNT(*), MIN(state), MAX(state) FROM items").fetchone() == (
             2,
             "done",
@@ -211,3 +216,42 @@ async def test_concurrent_jobs_keep_their_own_journals(
     with Journal(tmp_path / "x.sqlite") as x, Journal(tmp_path / "y.sqlite") as y:
         assert x.counts() == {"done": 2}
         assert y.counts() == {"done": 1}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(httpx.Response(200, text="<html>gateway</html>"), id="200-html"),
+        pytest.param(httpx.Response(200, text='{"task_id": "g", "sta'), id="200-truncated"),
+        pytest.param(httpx.Response(200, text=""), id="200-empty"),
+        pytest.param(httpx.Response(200, json={"errors": [{"msg": "busy"}]}), id="200-errors"),
+        pytest.param(httpx.Response(500, json={}), id="500"),
+        pytest.param(httpx.Response(502, text="<html>bad gateway</html>"), id="502"),
+        pytest.param(httpx.Response(504, text=""), id="504"),
+    ],
+)
+async def test_an_answer_after_the_work_is_uncertain_and_not_resent(
+    client: AsyncApiframe, server: Server, tmp_path: Path, reply: httpx.Response
+) -> None:
+    """A 5xx or an unreadable 200 after the request was sent is uncertain: never resent."""
+    journal = tmp_path / "job.sqlite"
+    server.replies["lost"] = reply
+    first = await run(client, prompts("lost"), journal)
+    assert first[0].error is not None
+    with Journal(journal) as opened:
+        assert opened.counts() == {"uncertain": 1}
+    server.replies.clear()
+    second = await run(client, prompts("lost"), journal)
+    assert isinstance(second[0].error, UncertainSubmissionError)
+    assert server.generated == Counter({"lost": 1})
+
+
+async def test_refusals_before_any_work_are_not_charged_and_resent(
+    client: AsyncApiframe, server: Server, tmp_path: Path
+) -> None:
+    """A 400 is recorded not_charged, and the rerun sends it again."""
+    journal = tmp_path / "job.sqlite"
+    server.refusals.add("bad")
+    await run(client, prompts("bad"), journal)
+    with Journal(journal) as opened:
+        assert opened.counts() == {"not_charged": 1}

@@ -38,14 +38,20 @@ from apiframe_async import (
     BadRequestError,
     BulkJob,
     ClientClosedError,
+    ClientError,
     DownloadError,
     Ethnicity,
     Gender,
     GenerateRequest,
     Generation,
     ImageSource,
+    InsufficientCreditsError,
     Journal,
+    JournalError,
+    JournalInUseError,
+    NoImagesError,
     NotFoundError,
+    NotSentError,
     Outcome,
     PermissionDeniedError,
     PollPolicy,
@@ -62,8 +68,10 @@ from apiframe_async import (
     Task,
     TaskBatch,
     TaskFailedError,
+    TaskPollError,
     TaskStatus,
     TaskTimeoutError,
+    TaskWaitError,
     TrainRequest,
     UncertainPolicy,
     UncertainSubmissionError,
@@ -185,6 +193,7 @@ def _show(progress: Progress) -> None:
     assert_type(progress.in_flight, int)
     assert_type(progress.concurrency, int)
     assert_type(progress.done, int)
+    assert_type(progress.stopped_by, ApiframeError | None)
 
 
 def _key(request: GenerateRequest) -> str:
@@ -335,7 +344,7 @@ async def webhooks(headers: Mapping[str, str], body: bytes) -> None:
     assert_type(parse_webhook({"task_id": "t", "status": "finished"}), Task)
 
 
-def errors(exc: Exception) -> None:  # noqa: C901 -- one branch per error type
+def errors(exc: Exception) -> None:  # noqa: C901, PLR0912, PLR0915 -- one branch per error type
     if isinstance(exc, RequestValidationError):
         assert_type(exc.field, str)
         assert_type(exc.allowed, str | None)
@@ -369,6 +378,20 @@ def errors(exc: Exception) -> None:  # noqa: C901 -- one branch per error type
         assert_type(exc.key, str)
     if isinstance(exc, ClientClosedError):
         assert isinstance(exc, RuntimeError)
+    if isinstance(exc, InsufficientCreditsError):
+        assert_type(exc.messages, tuple[str, ...])
+    if isinstance(exc, NoImagesError):
+        assert_type(exc.task_id, str)
+    if isinstance(exc, TaskWaitError):
+        assert_type(exc.task_id, str)
+    if isinstance(exc, TaskPollError):
+        assert_type(exc.last_error, ApiframeError)
+    if isinstance(exc, NotSentError):
+        assert_type(exc.reason, ApiframeError)
+    if isinstance(exc, JournalError):
+        assert_type(exc.path, str)
+    if isinstance(exc, JournalInUseError):
+        assert_type(exc.path, str)
     if isinstance(exc, DownloadError):
         assert_type(exc.url, str)
         assert_type(exc.reason, str)
@@ -378,6 +401,8 @@ def errors(exc: Exception) -> None:  # noqa: C901 -- one branch per error type
         NotFoundError,
         RequestTimeoutError,
         ServerError,
+        ClientError,
+        InsufficientCreditsError,
     )
     del leaves
 
