@@ -13,6 +13,7 @@ import anyio
 import attrs
 import httpx
 
+from ._budget import Budget
 from ._errors import ApiframeError, NotFoundError, RequestValidationError, ResponseValidationError
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, Work, as_request
 from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
@@ -331,6 +332,7 @@ class AsyncApiframe:
         on_uncertain: UncertainPolicy = "skip",
         replay: ReplayPolicy = "yield",
         key: Callable[[GenerateRequest], str] | None = None,
+        max_credits: int | None = None,
     ) -> BulkJob[Generation]:
         """Generate for many requests at once: bounded, lazy, streaming, cancel-safe.
 
@@ -374,10 +376,15 @@ class AsyncApiframe:
                 earlier run (outcomes with `replayed=True`), or `"skip"` them.
             key: With a journal, an item's identity from its request (default: a hash of
                 its fields; identical requests are told apart by their order).
+            max_credits: The most credits the job may spend: credits spent plus credits in
+                flight never exceed it (a generation costs 1 per photo). A request that
+                would pass it is not sent: a failed outcome with `BudgetExceededError`,
+                which a resumed job with a larger budget sends. Replays cost nothing.
 
         Raises:
             RequestValidationError: `concurrency` is not within 1 to `max_concurrency`,
-                or a policy is not one of its values.
+                `max_credits` is not an int of at least 1 or None, or a policy is not one
+                of its values.
         """
         if not 1 <= concurrency <= self.max_concurrency:
             raise RequestValidationError(
@@ -385,15 +392,20 @@ class AsyncApiframe:
                 f"{concurrency} is out of range for this client",
                 allowed=f"1 to max_concurrency={self.max_concurrency} (set on AsyncApiframe)",
             )
+        paid = Budget(max_credits).guard(self._generate)
         if fail_fast and isinstance(requests, list | tuple):
             requests = [as_request(item) for item in requests]
-        work: Work[Generation] = self._generate_claimed
+
+        async def work_unclaimed(request: GenerateRequest, _claim: object) -> Generation:
+            return await paid(request)
+
+        work: Work[Generation] = work_unclaimed
         options: dict[str, Any] = {}
         if journal is not None:
             _check_choice("on_uncertain", on_uncertain, get_args(UncertainPolicy))
             _check_choice("replay", replay, get_args(ReplayPolicy))
             opened = journal if isinstance(journal, Journal) else Journal(journal)
-            journaled = JournaledWork(opened, self._generate, on_uncertain=on_uncertain, key=key)
+            journaled = JournaledWork(opened, paid, on_uncertain=on_uncertain, key=key)
             work = journaled
             options = {"claim": journaled.claim, "yield_replayed": replay == "yield"}
             if opened is not journal:
@@ -409,9 +421,6 @@ class AsyncApiframe:
             pushbacks=lambda: self._sender.pushbacks,
             **options,
         )
-
-    async def _generate_claimed(self, request: GenerateRequest, _claim: object) -> Generation:
-        return await self._generate(request)
 
     async def generate_all(
         self,

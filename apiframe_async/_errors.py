@@ -17,6 +17,7 @@ ApiframeError
 ├── TaskFailedError                             the task ended with status "failed"
 ├── TaskTimeoutError (also TimeoutError)        a wait's deadline passed; the task lives on
 ├── UncertainSubmissionError                    a resumed job's request may have been charged
+├── BudgetExceededError                         not sent: it would pass the job's max_credits
 └── DownloadError                               a photo could not be saved safely
 ```
 
@@ -252,6 +253,28 @@ class DownloadError(ApiframeError):
         self.url = url
         self.reason = reason
         super().__init__(f"cannot save {url}: {reason}")
+
+
+class BudgetExceededError(ApiframeError):
+    """A request of a bulk job was not sent: its cost would take the job past `max_credits`.
+
+    Nothing was sent, so nothing was charged: a resumed job with a larger budget sends it.
+
+    Attributes:
+        cost: The credits the request would have cost.
+        spent: The credits the job had spent (or may have spent) when it was refused.
+        max_credits: The job's budget.
+    """
+
+    def __init__(self, *, cost: int, spent: int, max_credits: int) -> None:
+        """Build the error from the request's cost and the state of the budget."""
+        self.cost = cost
+        self.spent = spent
+        self.max_credits = max_credits
+        super().__init__(
+            f"not sent: it costs {cost} credit{'s' if cost != 1 else ''} and {spent} of "
+            f"max_credits={max_credits} are spent; a resumed job with a larger budget sends it"
+        )
 
 
 class UncertainSubmissionError(ApiframeError):

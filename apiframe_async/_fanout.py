@@ -25,8 +25,10 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from ._budget import credits_charged
 from ._errors import ApiframeError, RateLimitError, RequestValidationError, ServerError
 from ._models import GenerateRequest
+from ._pricing import generation_cost
 
 logger = logging.getLogger("apiframe_async")
 
@@ -50,6 +52,9 @@ class Outcome(Generic[T]):
         error: The typed error, when it failed.
         replayed: True when the result comes from a journal: a previous run of the job
             got it, and nothing was sent this time.
+        credits: The credits this request spent, or may have spent, in this run: its
+            price when it gave a result or may have been charged, 0 when it provably was
+            not (or was replayed).
     """
 
     index: int
@@ -57,6 +62,7 @@ class Outcome(Generic[T]):
     result: T | None = None
     error: ApiframeError | None = None
     replayed: bool = False
+    credits: int = 0
 
     @property
     def ok(self) -> bool:
@@ -81,6 +87,8 @@ class Progress:
         failed: Requests that ended with an error.
         in_flight: Requests started and not yet ended.
         concurrency: The adaptive limit's current value.
+        credits: Credits spent, or possibly spent, by the requests that ended (see
+            `Outcome.credits`).
     """
 
     submitted: int = 0
@@ -88,6 +96,7 @@ class Progress:
     failed: int = 0
     in_flight: int = 0
     concurrency: int = 0
+    credits: int = 0
 
     @property
     def done(self) -> int:
@@ -220,6 +229,8 @@ class _Input(Generic[T]):
         self._lock = anyio.Lock()
         self._index = 0
         self.exhausted = False
+        #: What the input raised, if it did: held back until the work already started ends.
+        self.error: Exception | None = None
 
     async def next(self) -> tuple[int, T] | None:
         """The next item with its index, or None when the input is exhausted."""
@@ -234,6 +245,10 @@ class _Input(Generic[T]):
                     item = await anext(self._async)
         except (StopIteration, StopAsyncIteration):
             self.exhausted = True
+            return None
+        except Exception as exc:  # noqa: BLE001 -- held back and raised as is, below
+            # Raising here would cancel generations already sent, and paid for, with it.
+            self.exhausted, self.error = True, exc
             return None
         index, self._index = self._index, self._index + 1
         return index, item
@@ -350,7 +365,29 @@ class BulkJob(Generic[T]):
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
+            if self._input.error is not None:
+                raise self._input.error from None
             raise StopAsyncIteration from None
+
+    def take_received(self) -> list[Outcome[T]]:
+        """The outcomes that came back and were not yet yielded, without waiting.
+
+        For a caller stopping the job early (a cancel, Ctrl-C) that must still record
+        what was paid for: leaving the block drops them.
+        """
+        taken: list[Outcome[T]] = list(self._reorder_outcomes())
+        while True:
+            try:
+                outcome = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return taken
+            if isinstance(outcome, Outcome):
+                taken.append(outcome)
+
+    def _reorder_outcomes(self) -> list[Outcome[T]]:
+        held = [o for o in self._reorder.values() if isinstance(o, Outcome)]
+        self._reorder.clear()
+        return held
 
     async def _next_in_order(self) -> Outcome[T] | _Skipped:
         while self._next_index not in self._reorder:
@@ -378,8 +415,9 @@ class BulkJob(Generic[T]):
         try:
             request = as_request(item)
         except RequestValidationError as exc:
-            self._tally(exc)
+            self._tally(exc, 0)
             return Outcome(index=index, request=_as_given(item), error=exc)
+        cost = generation_cost(request.number_of_images)
         # Before any await: claims are made in input order.
         claim = self._claim(index, request)
         self.progress.submitted += 1
@@ -395,15 +433,17 @@ class BulkJob(Generic[T]):
                     # slows down (see AdaptiveLimit) and tries it again, at no risk of paying twice.
                     if _is_overload(exc) and round_ < self._overload_rounds:
                         continue
-                    self._tally(exc)
-                    return Outcome(index=index, request=request, error=exc)
+                    spent = credits_charged(cost, exc)
+                    self._tally(exc, spent)
+                    return Outcome(index=index, request=request, error=exc, credits=spent)
             self._count(error=None, pushed_back=self._pushbacks() > pushbacks)
-            self._tally(None)
             if isinstance(result, Replay):
+                self._tally(None, 0)
                 if not self._yield_replayed:
                     return _Skipped(index)
                 return Outcome(index=index, request=request, result=result.result, replayed=True)
-            return Outcome(index=index, request=request, result=result)
+            self._tally(None, cost)
+            return Outcome(index=index, request=request, result=result, credits=cost)
         raise AssertionError  # pragma: no cover -- the loop always returns
 
     def _count(self, *, error: ApiframeError | None, pushed_back: bool) -> None:
@@ -412,8 +452,9 @@ class BulkJob(Generic[T]):
         self._limit.record(ok=error is None, overloaded=pushed_back or _is_overload(error))
         self.progress.concurrency = self._limit.current
 
-    def _tally(self, error: ApiframeError | None) -> None:
+    def _tally(self, error: ApiframeError | None, spent: int) -> None:
         """Account for one item that ended, and tell the progress callback."""
+        self.progress.credits += spent
         if error is None:
             self.progress.succeeded += 1
         else:

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from apiframe_async._pricing import TRAIN_COST_PER_IMAGE, UPLOAD_COST, generation_cost
 from apiframe_async.testing import _validation as v
 from apiframe_async.testing._tasks import (
     GenerateDetail,
@@ -28,9 +29,6 @@ from apiframe_async.testing._tasks import (
     UploadDetail,
 )
 
-UPLOAD_COST = 2
-TRAIN_COST_PER_IMAGE = 4
-GENERATE_COST_PER_IMAGE = 1
 _FAILURES = {
     Kind.UPLOAD: "Could not detect a face in enough of the images",
     Kind.TRAIN: "Training failed",
@@ -149,9 +147,7 @@ class Service:
             )
             urls = tuple(f"{base_url}/images/{task_id}-{i}.png" for i in range(count))
             detail = GenerateDetail(request.prompt, specs, urls)
-            outcome = self._create(
-                Kind.GENERATE, GENERATE_COST_PER_IMAGE * count, detail, None, task_id
-            )
+            outcome = self._create(Kind.GENERATE, generation_cost(count), detail, None, task_id)
             if not outcome.created:
                 return outcome
             return attrs.evolve(outcome, body=self._report(self._tasks[task_id]))

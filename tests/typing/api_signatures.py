@@ -35,6 +35,7 @@ from apiframe_async import (
     AsyncApiframe,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     BulkJob,
     DownloadError,
     Ethnicity,
@@ -176,6 +177,7 @@ def _show(progress: Progress) -> None:
     assert_type(progress.failed, int)
     assert_type(progress.in_flight, int)
     assert_type(progress.concurrency, int)
+    assert_type(progress.credits, int)
     assert_type(progress.done, int)
 
 
@@ -195,6 +197,7 @@ async def bulk(client: AsyncApiframe) -> None:
         on_uncertain="skip",
         replay="yield",
         key=_key,
+        max_credits=100,
     )
     assert_type(job, BulkJob[Generation])
     async with job as outcomes:
@@ -207,6 +210,7 @@ async def bulk(client: AsyncApiframe) -> None:
             assert_type(outcome.result, Generation | None)
             assert_type(outcome.error, ApiframeError | None)
             assert_type(outcome.replayed, bool)
+            assert_type(outcome.credits, int)
             assert_type(outcome.ok, bool)
             assert_type(outcome.unwrap(), Generation)
     async with client.generate_many(_async_requests(), journal=Journal("job.sqlite")) as more:
@@ -359,6 +363,10 @@ def errors(exc: Exception) -> None:  # noqa: C901 -- one branch per error type
         assert_type(exc.last_status, str | None)
     if isinstance(exc, UncertainSubmissionError):
         assert_type(exc.key, str)
+    if isinstance(exc, BudgetExceededError):
+        assert_type(exc.cost, int)
+        assert_type(exc.spent, int)
+        assert_type(exc.max_credits, int)
     if isinstance(exc, DownloadError):
         assert_type(exc.url, str)
         assert_type(exc.reason, str)

@@ -1,0 +1,122 @@
+"""A bulk job's budget: credits spent plus credits in flight never pass `max_credits`.
+
+A request reserves its cost before it is sent. When it ends, the reservation becomes
+spent if the request was, or may have been, charged (a result, a failed or timed-out task,
+no answer after the bytes left, an unparsable reply), and is given back only when the
+failure proves nothing was charged (refused before sending, or a 4xx or 503 answer to the
+submission itself). A request that cannot fit even if every reservation is given back is
+refused with `BudgetExceededError`; one that might fit waits for the requests in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import anyio
+
+from ._errors import (
+    APIConnectionError,
+    ApiframeError,
+    APIStatusError,
+    BudgetExceededError,
+    RequestValidationError,
+    UncertainSubmissionError,
+)
+from ._http import GENERATE
+from ._models import GenerateRequest
+from ._pricing import generation_cost
+
+T = TypeVar("T")
+
+_REQUEST_TIMEOUT = 408
+_SERVICE_UNAVAILABLE = 503
+_NEVER_SENT = (RequestValidationError, BudgetExceededError, UncertainSubmissionError)
+
+
+def check_max_credits(max_credits: object) -> None:
+    """Refuse a budget that is not None or an int of at least 1."""
+    if max_credits is None:
+        return
+    if isinstance(max_credits, bool) or not isinstance(max_credits, int) or max_credits < 1:
+        raise RequestValidationError(
+            "max_credits", f"{max_credits!r} is not a budget", allowed="an int >= 1, or None"
+        )
+
+
+def credits_charged(cost: int, error: ApiframeError | None) -> int:
+    """The credits a generation that ended with `error` (None: a result) counts as spent."""
+    return cost if error is None or _may_have_charged(error) else 0
+
+
+def _may_have_charged(error: ApiframeError) -> bool:
+    if isinstance(error, _NEVER_SENT):
+        return False
+    # An error of a poll means the task was accepted, and so charged: only an answer to
+    # the submission itself can prove that nothing was.
+    if isinstance(error, APIConnectionError) and _is_submission(error.url):
+        return error.may_have_been_submitted
+    if isinstance(error, APIStatusError) and _is_submission(error.url):
+        status = error.status_code
+        refused = 400 <= status < 500 and status != _REQUEST_TIMEOUT  # noqa: PLR2004
+        return not (refused or status == _SERVICE_UNAVAILABLE)
+    return True
+
+
+def _is_submission(url: str) -> bool:
+    return urlsplit(url).path.endswith(GENERATE.path)
+
+
+class Budget:
+    """Credits spent and reserved by one bulk job, against an optional ceiling."""
+
+    def __init__(self, max_credits: int | None) -> None:
+        """Start with nothing spent; None means no ceiling (the credits are still counted)."""
+        check_max_credits(max_credits)
+        self.max_credits = max_credits
+        self.spent = 0
+        self.reserved = 0
+        self._changed = anyio.Event()
+
+    async def reserve(self, cost: int) -> None:
+        """Hold `cost` credits for a request about to be sent.
+
+        Raises:
+            BudgetExceededError: The request cannot fit, whatever the requests in flight
+                turn out to cost.
+        """
+        ceiling = self.max_credits
+        while ceiling is not None and self.spent + self.reserved + cost > ceiling:
+            if self.spent + cost > ceiling:
+                raise BudgetExceededError(cost=cost, spent=self.spent, max_credits=ceiling)
+            await self._changed.wait()
+        self.reserved += cost
+
+    def settle(self, cost: int, charged: int) -> None:
+        """End a reservation of `cost`, of which `charged` counts as spent."""
+        self.reserved -= cost
+        self.spent += charged
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def guard(
+        self, work: Callable[[GenerateRequest], Awaitable[T]]
+    ) -> Callable[[GenerateRequest], Awaitable[T]]:
+        """`work`, a paid generation, run under this budget."""
+
+        async def guarded(request: GenerateRequest) -> T:
+            cost = generation_cost(request.number_of_images)
+            await self.reserve(cost)
+            # A cancellation or any surprise counts as possibly charged.
+            charged = cost
+            try:
+                result = await work(request)
+            except ApiframeError as exc:
+                charged = credits_charged(cost, exc)
+                raise
+            finally:
+                self.settle(cost, charged)
+            return result
+
+        return guarded
