@@ -315,6 +315,7 @@ class BulkJob(Generic[T]):
         self._workers_left = concurrency
         self._next_index = 0
         self._reorder: dict[int, Outcome[T] | _Skipped] = {}
+        self._leftovers: list[Outcome[T]] = []
 
     async def __aenter__(self) -> Self:
         """Start the workers."""
@@ -342,6 +343,7 @@ class BulkJob(Generic[T]):
                 raise exc from exc.__cause__
             raise
         finally:
+            self._leftovers.extend(self._drain())
             self._receive.close()
             await self._input.aclose()
             self._on_close()
@@ -370,12 +372,17 @@ class BulkJob(Generic[T]):
             raise StopAsyncIteration from None
 
     def take_received(self) -> list[Outcome[T]]:
-        """The outcomes that came back and were not yet yielded, without waiting.
+        """The outcomes that came back and were never yielded; also after the job ended.
 
-        For a caller stopping the job early (a cancel, Ctrl-C) that must still record
-        what was paid for: leaving the block drops them.
+        For a caller that stops the job early (a break, a cancel, Ctrl-C) and must still
+        record what was paid for.
         """
-        taken: list[Outcome[T]] = list(self._reorder_outcomes())
+        taken, self._leftovers = [*self._leftovers, *self._drain()], []
+        return taken
+
+    def _drain(self) -> list[Outcome[T]]:
+        taken = [o for o in self._reorder.values() if isinstance(o, Outcome)]
+        self._reorder.clear()
         while True:
             try:
                 outcome = self._receive.receive_nowait()
@@ -383,11 +390,6 @@ class BulkJob(Generic[T]):
                 return taken
             if isinstance(outcome, Outcome):
                 taken.append(outcome)
-
-    def _reorder_outcomes(self) -> list[Outcome[T]]:
-        held = [o for o in self._reorder.values() if isinstance(o, Outcome)]
-        self._reorder.clear()
-        return held
 
     async def _next_in_order(self) -> Outcome[T] | _Skipped:
         while self._next_index not in self._reorder:

@@ -262,7 +262,10 @@ class JournaledWork:
         try:
             result = await self._work(request)
         except ApiframeError as exc:
-            await self._journal.finish(claim.key, claim.occurrence, None, exc)
+            with anyio.CancelScope(shield=True):
+                await self._journal.finish(claim.key, claim.occurrence, None, exc)
             raise
-        await self._journal.finish(claim.key, claim.occurrence, result, None)
+        # Shielded: a cancel arriving now must not leave a paid result unrecorded.
+        with anyio.CancelScope(shield=True):
+            await self._journal.finish(claim.key, claim.occurrence, result, None)
         return result
