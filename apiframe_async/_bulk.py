@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 from ._client import AsyncApiframe
 from ._download import SavedPhotos, save_photos, saved_so_far
 from ._errors import RequestValidationError
-from ._fanout import Outcome, Progress, RequestLike
+from ._fanout import Outcome, Progress, RequestLike, as_request
 from ._journal import UncertainPolicy
 from ._models import GenerateRequest, Generation
 
@@ -45,6 +45,34 @@ def read_prompts(
     Raises:
         RequestValidationError: A line that starts with `{` is not a JSON object.
     """
+    for _number, fields in _numbered(lines, defaults):
+        yield fields
+
+
+def load_prompts(
+    lines: Iterable[str], defaults: Mapping[str, Any] | None = None
+) -> list[GenerateRequest]:
+    """Every request of `lines` (as `read_prompts` reads them), each checked, before any is sent.
+
+    A job that starts only once its whole input is known good never pays for the first
+    prompts of a file whose line 9,000 has a typo.
+
+    Raises:
+        RequestValidationError: A line is not valid JSON, or a field of it is invalid;
+            the error names the line's number.
+    """
+    requests = []
+    for number, fields in _numbered(lines, defaults):
+        try:
+            requests.append(as_request(fields))
+        except RequestValidationError as exc:
+            raise RequestValidationError(f"prompts line {number}", str(exc)) from None
+    return requests
+
+
+def _numbered(
+    lines: Iterable[str], defaults: Mapping[str, Any] | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     base = dict(defaults or {})
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
@@ -61,9 +89,9 @@ def read_prompts(
                 raise RequestValidationError(
                     f"prompts line {number}", "is not a JSON object", allowed="a JSON object"
                 )
-            yield {**base, **fields}
+            yield number, {**base, **fields}
         else:
-            yield {**base, "prompt": line}
+            yield number, {**base, "prompt": line}
 
 
 @attrs.define

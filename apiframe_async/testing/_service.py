@@ -221,15 +221,19 @@ class Service:
             timed = self.settings.step_seconds is not None
             return timed and task is not None and task.webhook is not None and not task.terminal
 
-    def add_trained_model(self, trigger_word: str, image_count: int) -> str:
+    def add_trained_model(
+        self, trigger_word: str, image_count: int, training_id: str | None = None
+    ) -> str:
         """A finished upload and training, free of charge; returns the training's id."""
         with self.lock:
+            if training_id is not None and training_id in self._tasks:
+                return training_id
             now = self.clock()
             upload = UploadDetail(image_count, now + self.settings.upload_ttl)
             images = Task(self._new_id(), Kind.UPLOAD, 0, now, None, None, upload)
             trigger_word = self.settings.trigger_word_override or trigger_word
             detail = TrainDetail(images.task_id, trigger_word)
-            training = Task(self._new_id(), Kind.TRAIN, 0, now, None, None, detail)
+            training = Task(training_id or self._new_id(), Kind.TRAIN, 0, now, None, None, detail)
             self._tasks[images.task_id] = images
             self._tasks[training.task_id] = training
             return training.task_id
