@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar, cast
@@ -211,14 +212,18 @@ async def _stoppable(job: Callable[[], Awaitable[T]]) -> T | signal.Signals:
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
-            try:
-                with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
-                    async for signum in signals:
-                        stopped_by.append(signum)
-                        tg.cancel_scope.cancel()
-                        return
-            except NotImplementedError:  # no signal handlers here (Windows): Ctrl-C as usual
+            # Signals reach only the main thread, and Windows has no handlers for them:
+            # elsewhere Ctrl-C works as usual.
+            if threading.current_thread() is not threading.main_thread():
                 return
+            with (
+                contextlib.suppress(NotImplementedError),
+                anyio.open_signal_receiver(*_STOP_SIGNALS) as signals,
+            ):
+                async for signum in signals:
+                    stopped_by.append(signum)
+                    tg.cancel_scope.cancel()
+                    return
 
         tg.start_soon(watch)
         result.append(await job())
