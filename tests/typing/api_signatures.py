@@ -423,6 +423,7 @@ async def fake_server(receiver_client: httpx.AsyncClient) -> None:
     fake.fail_next_task("/ai-photo-train", reason="Not enough faces")
     training_id = fake.add_trained_model("TOKMSN", 12)
     assert_type(training_id, str)
+    assert_type(fake.add_trained_model(training_id="5c0d7a3e-0000-4000-8000-000000000001"), str)
     await fake.advance(training_id)
     await fake.advance()
     await fake.wait_webhooks(timeout=2.0)
