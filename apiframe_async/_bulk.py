@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 
 from ._client import AsyncApiframe
 from ._download import SavedPhotos, save_photos, saved_so_far
-from ._errors import RequestValidationError
+from ._errors import BudgetExceededError, RequestValidationError
 from ._fanout import Outcome, Progress, RequestLike, as_request
 from ._journal import UncertainPolicy
 from ._models import GenerateRequest, Generation
@@ -105,6 +105,8 @@ class BulkSummary:
         failed_downloads: Photos generated (and paid for) but not saved; a resumed job
             with the same journal fetches them again without generating.
         credits: Credits spent, or possibly spent, by this run (see `Outcome.credits`).
+        over_budget: Prompts not sent because they would have passed `max_credits`
+            (counted in `failed`; a resumed job with a larger budget sends them).
     """
 
     succeeded: int = 0
@@ -112,6 +114,7 @@ class BulkSummary:
     files: int = 0
     failed_downloads: int = 0
     credits: int = 0
+    over_budget: int = 0
 
 
 def _error_entry(error: Exception) -> dict[str, str]:
@@ -180,6 +183,7 @@ class _Saver:
         summary.credits += outcome.credits
         summary.files += len(saved.files)
         summary.failed_downloads += len(saved.failures)
+        summary.over_budget += isinstance(outcome.error, BudgetExceededError)
         if outcome.error is None and not saved.failures:
             summary.succeeded += 1
         else:

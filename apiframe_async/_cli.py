@@ -246,6 +246,11 @@ def _summary_line(summary: BulkSummary, out_dir: Path, manifest_path: Path) -> s
         f"{summary.files} photos in {out_dir}/, {summary.credits} credits spent; "
         f"manifest: {manifest_path}"
     )
+    if summary.over_budget:
+        line += (
+            f"; {summary.over_budget} prompts not sent, over --max-credits: run the same "
+            "command again with --journal and a larger budget to send them"
+        )
     if summary.failed_downloads:
         line += (
             f"; {summary.failed_downloads} photos could not be saved: run the same command "

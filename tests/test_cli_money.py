@@ -137,6 +137,7 @@ def test_max_credits_caps_what_the_fake_charges_and_the_cli_shows_it(
     assert len(refused) == 120
     assert {e["error"]["type"] for e in refused} == {"BudgetExceededError"}
     assert "this job costs at most 180 credits; the account has 10000" in output
+    assert "120 prompts not sent, over --max-credits" in output
 
 
 def test_a_job_the_balance_cannot_pay_for_is_refused_before_it_starts(
