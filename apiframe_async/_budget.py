@@ -69,15 +69,16 @@ def _is_submission(url: str) -> bool:
 
 
 class Budget:
-    """Credits spent and reserved by one bulk job, against an optional ceiling."""
+    """Credits spent and reserved by one bulk job, against a ceiling."""
 
-    def __init__(self, max_credits: int | None) -> None:
-        """Start with nothing spent; None means no ceiling (the credits are still counted)."""
+    def __init__(self, max_credits: int) -> None:
+        """Start with nothing spent."""
         check_max_credits(max_credits)
         self.max_credits = max_credits
         self.spent = 0
         self.reserved = 0
-        self._changed = anyio.Event()
+        # Made only when a request waits: most jobs never come near their ceiling.
+        self._changed: anyio.Event | None = None
 
     async def reserve(self, cost: int) -> None:
         """Hold `cost` credits for a request about to be sent.
@@ -87,9 +88,11 @@ class Budget:
                 turn out to cost.
         """
         ceiling = self.max_credits
-        while ceiling is not None and self.spent + self.reserved + cost > ceiling:
+        while self.spent + self.reserved + cost > ceiling:
             if self.spent + cost > ceiling:
                 raise BudgetExceededError(cost=cost, spent=self.spent, max_credits=ceiling)
+            if self._changed is None:
+                self._changed = anyio.Event()
             await self._changed.wait()
         self.reserved += cost
 
@@ -97,8 +100,9 @@ class Budget:
         """End a reservation of `cost`, of which `charged` counts as spent."""
         self.reserved -= cost
         self.spent += charged
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def guard(
         self, work: Callable[[GenerateRequest], Awaitable[T]]

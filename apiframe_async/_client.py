@@ -13,7 +13,7 @@ import anyio
 import attrs
 import httpx
 
-from ._budget import Budget
+from ._budget import Budget, check_max_credits
 from ._errors import ApiframeError, NotFoundError, RequestValidationError, ResponseValidationError
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, Work, as_request
 from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
@@ -392,7 +392,8 @@ class AsyncApiframe:
                 f"{concurrency} is out of range for this client",
                 allowed=f"1 to max_concurrency={self.max_concurrency} (set on AsyncApiframe)",
             )
-        paid = Budget(max_credits).guard(self._generate)
+        check_max_credits(max_credits)
+        paid = self._generate if max_credits is None else Budget(max_credits).guard(self._generate)
         if fail_fast and isinstance(requests, list | tuple):
             requests = [as_request(item) for item in requests]
 
