@@ -203,3 +203,13 @@ def test_without_a_key_a_journal_resumes_the_demo_job(
     assert len(list(out.glob("*.png"))) == 12
     with Journal(book) as journal:
         assert journal.counts() == {"done": 12}
+
+
+def test_a_fixed_training_id_is_made_once() -> None:
+    """add_trained_model(training_id=...) names the model; asked again, it keeps it."""
+    fake = FakeApiframe()
+    model = "5c0d7a3e-0000-4000-8000-000000000001"
+    assert fake.add_trained_model(training_id=model) == model
+    assert fake.add_trained_model(training_id=model) == model
+    assert fake.task_ids("/ai-photo-train") == [model]
+    assert fake.task(model) is not None
