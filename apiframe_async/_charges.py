@@ -21,6 +21,7 @@ import enum
 from ._errors import (
     APIConnectionError,
     APIStatusError,
+    BudgetExceededError,
     ClientClosedError,
     NoImagesError,
     NotSentError,
@@ -47,7 +48,9 @@ def charge_of(error: BaseException) -> Charge:
     """What the paid request that ended with `error` may have cost."""
     if isinstance(error, TaskWaitError | TaskFailedError | NoImagesError):
         return Charge.ACCEPTED
-    if isinstance(error, RequestValidationError | NotSentError | ClientClosedError):
+    if isinstance(
+        error, RequestValidationError | NotSentError | BudgetExceededError | ClientClosedError
+    ):
         return Charge.NOT_CHARGED
     if isinstance(error, APIConnectionError):
         return Charge.UNCERTAIN if error.may_have_been_submitted else Charge.NOT_CHARGED

@@ -10,7 +10,9 @@ import contextlib
 import enum
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar, cast
@@ -32,12 +34,13 @@ from rich.progress import (
 from rich.progress import Progress as ProgressBar
 from rich.text import Text
 
-from ._bulk import read_prompts, run_bulk_job
+from ._bulk import BulkSummary, load_prompts, run_bulk_job
 from ._client import AsyncApiframe
 from ._download import download
 from ._errors import ApiframeError
 from ._fanout import Progress, as_request
-from ._models import ASPECT_RATIOS, ETHNICITIES, GENDERS, Ethnicity, Gender, Task
+from ._models import ASPECT_RATIOS, ETHNICITIES, GENDERS, Ethnicity, Gender, GenerateRequest, Task
+from ._pricing import generation_cost
 
 T = TypeVar("T")
 
@@ -63,6 +66,9 @@ ApiKey = Annotated[
 BaseUrl = Annotated[
     str | None, typer.Option(envvar="APIFRAME_BASE_URL", show_envvar=True, help="API base URL.")
 ]
+
+#: The built-in fake's trained model: the same id in every run, so journals can resume.
+DEMO_TRAINING_ID = "5c0d7a3e-1f2b-4c8d-9e6a-0d3b7f1a2c4e"
 
 
 class UncertainChoice(enum.StrEnum):
@@ -107,7 +113,7 @@ async def _session(
             fake.api_key, http_client=api_http, max_concurrency=max_concurrency
         ) as client,
     ):
-        yield Session(client, images, fake.add_trained_model())
+        yield Session(client, images, fake.add_trained_model(training_id=DEMO_TRAINING_ID))
 
 
 def _run(main: Callable[[], Awaitable[T]]) -> T:
@@ -126,7 +132,11 @@ def _run(main: Callable[[], Awaitable[T]]) -> T:
         _fail(*_leaves(expected))
 
 
-_EXPECTED = (ApiframeError, OSError)
+class JobRefusedError(Exception):
+    """A job the command will not start as asked (one `error:` line, exit 1)."""
+
+
+_EXPECTED = (ApiframeError, OSError, JobRefusedError)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -162,21 +172,91 @@ class _LiveColumn(ProgressColumn):
     def render(self, task: Any) -> Text:  # noqa: ANN401 -- rich's Task
         p = self.progress or Progress()
         speed = f"{task.speed:.1f}/s" if task.speed else "-/s"
-        return Text(f"failed {p.failed}  in flight {p.in_flight}  {speed}")
+        return Text(f"failed {p.failed}  in flight {p.in_flight}  credits {p.credits}  {speed}")
 
 
-def _count_prompts(path: Path) -> int | None:
-    with path.open(encoding="utf-8") as lines:
-        return sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
-
-
-@contextlib.contextmanager
-def _prompt_lines(source: str) -> Iterator[Iterator[str]]:
+def _load_requests(source: str, defaults: Mapping[str, Any]) -> list[GenerateRequest]:
+    """The whole input, checked: a bad line stops the job before anything is paid for."""
     if source == "-":
-        yield iter(sys.stdin)
-        return
+        return load_prompts(sys.stdin, defaults)
     with Path(source).open(encoding="utf-8") as lines:
-        yield lines
+        return load_prompts(lines, defaults)
+
+
+def _most_it_can_cost(requests: list[GenerateRequest], max_credits: int | None) -> int:
+    total = sum(generation_cost(r.number_of_images) for r in requests)
+    return total if max_credits is None else min(total, max_credits)
+
+
+async def _check_balance(client: AsyncApiframe, most: int, *, allow_over: bool) -> None:
+    """Show what the job may cost against the balance; refuse what the balance cannot pay."""
+    balance = (await client.account()).credits
+    err.print(f"this job costs at most {most} credits; the account has {balance}", highlight=False)
+    if most > balance and not allow_over:
+        raise JobRefusedError(
+            f"the job may cost {most} credits and the account has {balance}: "
+            "lower it with --max-credits, or pass --allow-over-balance to start anyway"
+        )
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _stoppable(job: Callable[[], Awaitable[T]]) -> T | signal.Signals:
+    """Run `job`; Ctrl-C or SIGTERM cancels it, so that it records what it received first.
+
+    Returns the job's result, or the signal that stopped it.
+    """
+    stopped_by: list[signal.Signals] = []
+    result: list[T] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            # Signals reach only the main thread, and Windows has no handlers for them:
+            # elsewhere Ctrl-C works as usual.
+            if threading.current_thread() is not threading.main_thread():
+                return
+            with (
+                contextlib.suppress(NotImplementedError),
+                anyio.open_signal_receiver(*_STOP_SIGNALS) as signals,
+            ):
+                async for signum in signals:
+                    stopped_by.append(signum)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        result.append(await job())
+        tg.cancel_scope.cancel()
+    return stopped_by[0] if stopped_by else result[0]
+
+
+def _stopped(signum: signal.Signals) -> NoReturn:
+    err.print(
+        f"[red]stopped by {signum.name}[/]: what was received is in the manifest; "
+        "run the same command again with --journal to resume",
+        highlight=False,
+    )
+    raise typer.Exit(128 + signum.value)
+
+
+def _summary_line(summary: BulkSummary, out_dir: Path, manifest_path: Path) -> str:
+    line = (
+        f"{summary.succeeded} prompts done, {summary.failed} failed, "
+        f"{summary.files} photos in {out_dir}/, {summary.credits} credits spent; "
+        f"manifest: {manifest_path}"
+    )
+    if summary.over_budget:
+        line += (
+            f"; {summary.over_budget} prompts not sent, over --max-credits: run the same "
+            "command again with --journal and a larger budget to send them"
+        )
+    if summary.failed_downloads:
+        line += (
+            f"; {summary.failed_downloads} photos could not be saved: run the same command "
+            "again with --journal to fetch them without paying again"
+        )
+    return line
 
 
 @app.command("generate-many")
@@ -204,11 +284,20 @@ def generate_many(
         UncertainChoice,
         typer.Option(help="With --journal: requests a killed run left in flight."),
     ] = UncertainChoice.skip,
+    max_credits: Annotated[
+        int | None,
+        typer.Option(min=1, help="The most credits the job may spend (1 per photo)."),
+    ] = None,
+    allow_over_balance: Annotated[
+        bool,
+        typer.Option(
+            "--allow-over-balance", help="Start even if the job may cost more than the balance."
+        ),
+    ] = False,
     api_key: ApiKey = None,
     base_url: BaseUrl = None,
 ) -> None:
     """Generate photos for many prompts at once, into a folder, with a live progress bar."""
-    total = None if prompts == "-" else _count_prompts(Path(prompts))
     manifest_path = manifest or out_dir / "manifest.jsonl"
 
     async def main() -> None:
@@ -221,6 +310,10 @@ def generate_many(
                 defaults["number_of_images"] = number_of_images
             if aspect_ratio is not None:
                 defaults["aspect_ratio"] = aspect_ratio
+            requests = _load_requests(prompts, defaults)
+            if session.trained_model is None:  # a real key: real credits
+                most = _most_it_can_cost(requests, max_credits)
+                await _check_balance(session.client, most, allow_over=allow_over_balance)
             out_dir.mkdir(parents=True, exist_ok=True)
             live = _LiveColumn()
             columns = (
@@ -234,33 +327,33 @@ def generate_many(
                 TimeRemainingColumn(),
             )
             with (
-                _prompt_lines(prompts) as lines,
                 manifest_path.open("w", encoding="utf-8") as manifest_file,
                 ProgressBar(*columns, console=err) as bar,
             ):
-                bar_task = bar.add_task("generate", total=total)
+                bar_task = bar.add_task("generate", total=len(requests))
 
                 def show(progress: Progress) -> None:
                     live.progress = progress
                     bar.update(bar_task, completed=progress.done)
 
-                summary = await run_bulk_job(
-                    session.client,
-                    read_prompts(lines, defaults),
-                    out_dir,
-                    manifest=manifest_file,
-                    concurrency=concurrency,
-                    download_client=session.images,
-                    on_progress=show,
-                    journal=journal,
-                    on_uncertain=on_uncertain.value,
+                ended = await _stoppable(
+                    lambda: run_bulk_job(
+                        session.client,
+                        requests,
+                        out_dir,
+                        manifest=manifest_file,
+                        concurrency=concurrency,
+                        download_client=session.images,
+                        on_progress=show,
+                        journal=journal,
+                        on_uncertain=on_uncertain.value,
+                        max_credits=max_credits,
+                    )
                 )
-        err.print(
-            f"{summary.succeeded} prompts done, {summary.failed} failed, "
-            f"{summary.files} photos in {out_dir}/; manifest: {manifest_path}",
-            highlight=False,
-        )
-        if summary.failed:
+        if isinstance(ended, signal.Signals):
+            _stopped(ended)
+        err.print(_summary_line(ended, out_dir, manifest_path), highlight=False)
+        if ended.failed:
             raise typer.Exit(1)
 
     _run(main)

@@ -14,6 +14,7 @@ import anyio
 import attrs
 import httpx
 
+from ._budget import Budget, check_max_credits
 from ._errors import (
     ApiframeError,
     ClientClosedError,
@@ -428,6 +429,7 @@ class AsyncApiframe:
         on_uncertain: UncertainPolicy = "skip",
         replay: ReplayPolicy = "yield",
         key: Callable[[GenerateRequest], str] | None = None,
+        max_credits: int | None = None,
     ) -> BulkJob[Generation]:
         """Generate for many requests at once: bounded, lazy, streaming, cancel-safe.
 
@@ -472,13 +474,18 @@ class AsyncApiframe:
                 earlier run (outcomes with `replayed=True`), or `"skip"` them.
             key: With a journal, an item's identity from its request (default: a hash of
                 its fields; identical requests are told apart by their order).
+            max_credits: The most credits the job may spend: credits spent plus credits in
+                flight never exceed it (a generation costs 1 per photo). A request that
+                would pass it is not sent: a failed outcome with `BudgetExceededError`,
+                which a resumed job with a larger budget sends. Replays cost nothing.
 
         After a 401, 402 or 403 the job submits nothing more: the requests not sent end
         with `NotSentError`, and `progress.stopped_by` holds the reason.
 
         Raises:
             RequestValidationError: `concurrency` is not within 1 to `max_concurrency`,
-                or a policy is not one of its values.
+                `max_credits` is not an int of at least 1 or None, or a policy is not one
+                of its values.
             ClientClosedError: The client is closed: the job would fail every request.
             JournalInUseError: Another run has the journal open; nothing was sent.
             JournalError: The journal file cannot be used (damaged, not a journal, or
@@ -492,16 +499,24 @@ class AsyncApiframe:
                 f"{concurrency} is out of range for this client",
                 allowed=f"1 to max_concurrency={self.max_concurrency} (set on AsyncApiframe)",
             )
+        check_max_credits(max_credits)
+        # The budget holds only the paid step: once a task exists its credits are spent,
+        # whatever the wait for it brings.
+        submit = self._submit if max_credits is None else Budget(max_credits).guard(self._submit)
         if fail_fast and isinstance(requests, list | tuple):
             requests = [as_request(item) for item in requests]
-        work: Work[Generation] = self._generate_claimed
+
+        async def work_unclaimed(request: GenerateRequest, _claim: object) -> Generation:
+            return await self._complete(await submit(request))
+
+        work: Work[Generation] = work_unclaimed
         options: dict[str, Any] = {}
         if journal is not None:
             _check_choice("on_uncertain", on_uncertain, get_args(UncertainPolicy))
             _check_choice("replay", replay, get_args(ReplayPolicy))
             opened = journal if isinstance(journal, Journal) else Journal(journal)
             journaled = JournaledWork(
-                opened, self._submit, self._complete, on_uncertain=on_uncertain, key=key
+                opened, submit, self._complete, on_uncertain=on_uncertain, key=key
             )
             work = journaled
             options = {
@@ -522,9 +537,6 @@ class AsyncApiframe:
             pushbacks=lambda: self._sender.pushbacks,
             **options,
         )
-
-    async def _generate_claimed(self, request: GenerateRequest, _claim: object) -> Generation:
-        return await self._generate(request)
 
     async def generate_all(
         self,

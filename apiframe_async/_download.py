@@ -11,12 +11,13 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import anyio
 import anyio.to_thread
+import attrs
 import httpx
 
 from ._errors import APIConnectionError, ApiframeError, APITimeoutError, DownloadError
@@ -78,39 +79,67 @@ async def _save(response: httpx.Response, target: Path, max_bytes: int) -> None:
         await _write_capped(response, partial, max_bytes)
         partial.replace(target)  # atomic: a file under its final name is complete
     except BaseException:
+        # Plain calls, not awaits: a cancelled task cannot be stopped halfway through them.
         partial.unlink(missing_ok=True)
         raise
 
 
 async def _write_capped(response: httpx.Response, path: Path, max_bytes: int) -> None:
     size = 0
-    async with await anyio.open_file(path, "wb") as out:
-        async for chunk in response.aiter_bytes():
+    out = await anyio.to_thread.run_sync(path.open, "wb")
+    # httpx's body iterators are async generators: closed here, not by the garbage collector.
+    chunks = cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+    try:
+        async for chunk in chunks:
             size += len(chunk)
             if size > max_bytes:
                 raise DownloadError(str(response.url), f"more than the {max_bytes}-byte cap")
-            await out.write(chunk)
+            await anyio.to_thread.run_sync(out.write, chunk)
+    finally:
+        # Closed in place, even when cancelled: an awaited close could be skipped.
+        out.close()
+        with anyio.CancelScope(shield=True):
+            await chunks.aclose()
+
+
+def _refusal(exc: Exception, url: str) -> DownloadError | None:
+    """The `DownloadError` for an httpx failure that no retry can mend, if it is one."""
+    if isinstance(exc, httpx.TooManyRedirects):
+        return DownloadError(url, "too many redirects")
+    if isinstance(exc, httpx.DecodingError):
+        return DownloadError(url, f"the body could not be decoded ({exc})")
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return DownloadError(url, f"not a URL that can be fetched ({exc})")
+    return None
+
+
+def _translated(exc: Exception, url: str, doing: str) -> ApiframeError:
+    """An httpx failure of a download as an error of our tree."""
+    if (refused := _refusal(exc, url)) is not None:
+        return refused
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(
+            f"{doing} timed out", method="GET", url=url, may_have_been_submitted=False
+        )
+    return APIConnectionError(
+        f"{doing}: {type(exc).__name__}", method="GET", url=url, may_have_been_submitted=False
+    )
+
+
+# Every failure httpx raises for a request, whatever its kind (a bad URL is not an HTTPError).
+_HTTPX_FAILURES = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError)
 
 
 async def _stream_to_file(
     http: httpx.AsyncClient, url: str, folder: Path, stem: str, max_bytes: int
 ) -> Path:
-    request = http.build_request("GET", url, timeout=_DOWNLOAD_TIMEOUT)
-    # Whatever the client's defaults, the key never travels to an image host.
-    request.headers.pop("authorization", None)
     try:
+        request = http.build_request("GET", url, timeout=_DOWNLOAD_TIMEOUT)
+        # Whatever the client's defaults, the key never travels to an image host.
+        request.headers.pop("authorization", None)
         response = await http.send(request, stream=True)
-    except httpx.TimeoutException as exc:
-        raise APITimeoutError(
-            "download timed out", method="GET", url=url, may_have_been_submitted=False
-        ) from exc
-    except httpx.TransportError as exc:
-        raise APIConnectionError(
-            f"download failed: {type(exc).__name__}",
-            method="GET",
-            url=url,
-            may_have_been_submitted=False,
-        ) from exc
+    except _HTTPX_FAILURES as exc:
+        raise _translated(exc, url, "download failed") from exc
     try:
         if not response.is_success:
             await response.aread()
@@ -124,17 +153,40 @@ async def _stream_to_file(
             raise DownloadError(url, f"{declared} bytes is above the {max_bytes}-byte cap")
         target = _inside(folder, f"{stem}{extension}")
         await _save(response, target, max_bytes)
-    except httpx.TransportError as exc:
-        raise APIConnectionError(
-            f"download broke off: {type(exc).__name__}",
-            method="GET",
-            url=url,
-            may_have_been_submitted=False,
-        ) from exc
+    except _HTTPX_FAILURES as exc:
+        raise _translated(exc, url, "download broke off") from exc
     else:
         return target
     finally:
-        await response.aclose()
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+
+
+def _jobs(result: Generation | Task | Sequence[str]) -> list[tuple[str, str]]:
+    """Each photo's URL and file stem."""
+    if isinstance(result, Generation | Task):
+        return [(url, file_stem(result.task_id, i)) for i, url in enumerate(result.image_urls)]
+    return [(url, file_stem(url, 0)) for url in result]
+
+
+async def _save_one(
+    http: httpx.AsyncClient,
+    url: str,
+    folder: Path,
+    stem: str,
+    *,
+    max_bytes: int,
+    policy: RetryPolicy,
+) -> Path:
+    """The photo's path: already saved, or fetched now (retried as a free request)."""
+    existing = await anyio.to_thread.run_sync(_existing, folder, stem)
+    if existing is not None:
+        return existing
+
+    async def fetch() -> Path:
+        return await _stream_to_file(http, url, folder, stem, max_bytes)
+
+    return await call_with_retries(policy, fetch, paid=False)
 
 
 async def download(
@@ -166,33 +218,67 @@ async def download(
         retry: How failed fetches are retried (downloads are safe to retry).
 
     Raises:
-        DownloadError: Not an image, too large, or a name that would leave the folder.
+        DownloadError: Not an image, too large, a name that would leave the folder, a URL
+            that cannot be fetched, a redirect loop, or a body that cannot be decoded.
         APIStatusError: The image host answered with an error status.
         APIConnectionError: The image host could not be reached or broke off.
     """
     target_folder = await anyio.to_thread.run_sync(_prepared, folder)
-    if isinstance(result, Generation | Task):
-        jobs = [(url, file_stem(result.task_id, i)) for i, url in enumerate(result.image_urls)]
-    else:
-        jobs = [(url, file_stem(url, 0)) for url in result]
     policy = retry or RetryPolicy()
     http = http_client or httpx.AsyncClient(follow_redirects=True)
     try:
-        paths = []
-        for url, stem in jobs:
-            existing = await anyio.to_thread.run_sync(_existing, target_folder, stem)
-            if existing is not None:
-                paths.append(existing)
-                continue
-
-            async def fetch(url: str = url, stem: str = stem) -> Path:
-                return await _stream_to_file(http, url, target_folder, stem, max_bytes)
-
-            paths.append(await call_with_retries(policy, fetch, paid=False))
-        return paths
+        return [
+            await _save_one(http, url, target_folder, stem, max_bytes=max_bytes, policy=policy)
+            for url, stem in _jobs(result)
+        ]
     finally:
         if http_client is None:
             await http.aclose()
+
+
+@attrs.frozen
+class SavedPhotos:
+    """What became of each photo of one result: the files saved, and the photos not saved."""
+
+    files: list[Path]
+    failures: list[DownloadError]
+
+
+async def save_photos(
+    result: Generation | Task,
+    folder: str | os.PathLike[str],
+    *,
+    http_client: httpx.AsyncClient,
+    max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    retry: RetryPolicy | None = None,
+) -> SavedPhotos:
+    """Save every photo of `result` that can be saved; a photo that cannot is a failure.
+
+    Unlike `download()`, one photo failing does not stop the others, and every failure,
+    whatever its cause (the host's status, a broken connection, a bad URL, a full disk), is
+    a `DownloadError` naming the photo's URL, chained to the cause.
+    """
+    policy = retry or RetryPolicy()
+    saved = SavedPhotos([], [])
+    try:
+        target_folder = await anyio.to_thread.run_sync(_prepared, folder)
+    except OSError as exc:
+        saved.failures.extend(DownloadError(url, str(exc)) for url, _ in _jobs(result))
+        return saved
+    for url, stem in _jobs(result):
+        try:
+            path = await _save_one(
+                http_client, url, target_folder, stem, max_bytes=max_bytes, policy=policy
+            )
+        except DownloadError as exc:
+            saved.failures.append(exc)
+        except (ApiframeError, OSError) as exc:
+            failure = DownloadError(url, str(exc))
+            failure.__cause__ = exc
+            saved.failures.append(failure)
+        else:
+            saved.files.append(path)
+    return saved
 
 
 async def download_all(
@@ -225,4 +311,21 @@ async def download_all(
     finally:
         if http_client is None:
             await http.aclose()
+    return saved
+
+
+def saved_so_far(result: Generation | Task, folder: str | os.PathLike[str]) -> SavedPhotos:
+    """What is on disk of `result`'s photos, for a job stopped while saving them.
+
+    A plain call, not an await, so that a cancelled job can still tell: each photo not
+    on disk is a failure, fetched again by a resumed job.
+    """
+    saved = SavedPhotos([], [])
+    target_folder = Path(folder).resolve()
+    for url, stem in _jobs(result):
+        existing = _existing(target_folder, stem)
+        if existing is not None:
+            saved.files.append(existing)
+        else:
+            saved.failures.append(DownloadError(url, "not saved: the job was stopped first"))
     return saved

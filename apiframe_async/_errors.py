@@ -26,6 +26,7 @@ ApiframeError
 ├── ClientClosedError (also RuntimeError)       the client was closed; nothing was sent
 ├── JournalError                                a journal cannot be used as it is
 │   └── JournalInUseError                       another run holds the journal
+├── BudgetExceededError                         not sent: it would pass the job's max_credits
 └── DownloadError                               a photo could not be saved safely
 ```
 
@@ -384,6 +385,28 @@ class ClientClosedError(ApiframeError, RuntimeError):
     Raised before anything is sent, by every request made after the close, also when a
     borrowed `http_client` was closed by its owner. Make a new client to go on.
     """
+
+
+class BudgetExceededError(ApiframeError):
+    """A request of a bulk job was not sent: its cost would take the job past `max_credits`.
+
+    Nothing was sent, so nothing was charged: a resumed job with a larger budget sends it.
+
+    Attributes:
+        cost: The credits the request would have cost.
+        spent: The credits the job had spent (or may have spent) when it was refused.
+        max_credits: The job's budget.
+    """
+
+    def __init__(self, *, cost: int, spent: int, max_credits: int) -> None:
+        """Build the error from the request's cost and the state of the budget."""
+        self.cost = cost
+        self.spent = spent
+        self.max_credits = max_credits
+        super().__init__(
+            f"not sent: it costs {cost} credit{'s' if cost != 1 else ''} and {spent} of "
+            f"max_credits={max_credits} are spent; a resumed job with a larger budget sends it"
+        )
 
 
 class UncertainSubmissionError(ApiframeError):

@@ -27,9 +27,11 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from ._budget import credits_charged
 from ._charges import dooms_the_job, turned_away
 from ._errors import ApiframeError, NotSentError, RequestValidationError
 from ._models import GenerateRequest
+from ._pricing import generation_cost
 
 logger = logging.getLogger("apiframe_async")
 
@@ -52,6 +54,9 @@ class Outcome(Generic[T]):
         error: The typed error, when it failed.
         replayed: True when the result comes from a journal: a previous run of the job
             got it, and nothing was sent this time.
+        credits: The credits this request spent, or may have spent, in this run: its
+            price when it gave a result or may have been charged, 0 when it provably was
+            not (or was replayed).
     """
 
     index: int
@@ -59,6 +64,7 @@ class Outcome(Generic[T]):
     result: T | None = None
     error: ApiframeError | None = None
     replayed: bool = False
+    credits: int = 0
 
     @property
     def ok(self) -> bool:
@@ -85,6 +91,8 @@ class Progress:
         concurrency: The adaptive limit's current value.
         stopped_by: The error (a 401, 402 or 403) after which the job stopped sending
             paid requests, if one came; the items left end with `NotSentError`.
+        credits: Credits spent, or possibly spent, by the requests that ended (see
+            `Outcome.credits`).
     """
 
     submitted: int = 0
@@ -93,6 +101,7 @@ class Progress:
     in_flight: int = 0
     concurrency: int = 0
     stopped_by: ApiframeError | None = None
+    credits: int = 0
 
     @property
     def done(self) -> int:
@@ -223,6 +232,8 @@ class _Input(Generic[T]):
         self._lock = anyio.Lock()
         self._index = 0
         self.exhausted = False
+        #: What the input raised, if it did: held back until the work already started ends.
+        self.error: Exception | None = None
 
     async def next(self) -> tuple[int, T] | None:
         """The next item with its index, or None when the input is exhausted."""
@@ -237,6 +248,10 @@ class _Input(Generic[T]):
                     item = await anext(self._async)
         except (StopIteration, StopAsyncIteration):
             self.exhausted = True
+            return None
+        except Exception as exc:  # noqa: BLE001 -- held back and raised as is, below
+            # Raising here would cancel generations already sent, and paid for, with it.
+            self.exhausted, self.error = True, exc
             return None
         index, self._index = self._index, self._index + 1
         return index, item
@@ -308,6 +323,7 @@ class BulkJob(Generic[T]):
         self._workers_left = concurrency
         self._next_index = 0
         self._reorder: dict[int, Outcome[T] | _Skipped] = {}
+        self._leftovers: list[Outcome[T]] = []
 
     async def __aenter__(self) -> Self:
         """Start the workers."""
@@ -335,6 +351,7 @@ class BulkJob(Generic[T]):
                 raise exc from exc.__cause__
             raise
         finally:
+            self._leftovers.extend(self._drain())
             self._receive.close()
             await self._input.aclose()
             self._on_close()
@@ -358,7 +375,29 @@ class BulkJob(Generic[T]):
         try:
             return await self._receive.receive()
         except anyio.EndOfStream:
+            if self._input.error is not None:
+                raise self._input.error from None
             raise StopAsyncIteration from None
+
+    def take_received(self) -> list[Outcome[T]]:
+        """The outcomes that came back and were never yielded; also after the job ended.
+
+        For a caller that stops the job early (a break, a cancel, Ctrl-C) and must still
+        record what was paid for.
+        """
+        taken, self._leftovers = [*self._leftovers, *self._drain()], []
+        return taken
+
+    def _drain(self) -> list[Outcome[T]]:
+        taken = [o for o in self._reorder.values() if isinstance(o, Outcome)]
+        self._reorder.clear()
+        while True:
+            try:
+                outcome = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return taken
+            if isinstance(outcome, Outcome):
+                taken.append(outcome)
 
     async def _next_in_order(self) -> Outcome[T] | _Skipped:
         while self._next_index not in self._reorder:
@@ -386,8 +425,9 @@ class BulkJob(Generic[T]):
         try:
             request = as_request(item)
         except RequestValidationError as exc:
-            self._tally(exc)
+            self._tally(exc, 0)
             return Outcome(index=index, request=_as_given(item), error=exc)
+        cost = generation_cost(request.number_of_images)
         # Before any await: claims are made in input order.
         claim = self._claim(index, request)
         self.progress.submitted += 1
@@ -408,15 +448,17 @@ class BulkJob(Generic[T]):
                     if dooms_the_job(exc) and self.progress.stopped_by is None:
                         self.progress.stopped_by = exc
                         logger.info("no more requests sent: %s", exc)
-                    self._tally(exc)
-                    return Outcome(index=index, request=request, error=exc)
+                    spent = credits_charged(cost, exc)
+                    self._tally(exc, spent)
+                    return Outcome(index=index, request=request, error=exc, credits=spent)
             self._count(error=None, pushed_back=self._pushbacks() > pushbacks)
-            self._tally(None)
             if isinstance(result, Replay):
+                self._tally(None, 0)
                 if not self._yield_replayed:
                     return _Skipped(index)
                 return Outcome(index=index, request=request, result=result.result, replayed=True)
-            return Outcome(index=index, request=request, result=result)
+            self._tally(None, cost)
+            return Outcome(index=index, request=request, result=result, credits=cost)
         raise AssertionError  # pragma: no cover -- the loop always returns
 
     async def _not_sent(
@@ -424,7 +466,7 @@ class BulkJob(Generic[T]):
     ) -> Outcome[T]:
         error = NotSentError(reason)
         await self._on_not_sent(request, claim, error)
-        self._tally(error)
+        self._tally(error, 0)
         return Outcome(index=index, request=request, error=error)
 
     def _count(self, *, error: ApiframeError | None, pushed_back: bool) -> None:
@@ -434,8 +476,9 @@ class BulkJob(Generic[T]):
         self._limit.record(ok=error is None, overloaded=overloaded)
         self.progress.concurrency = self._limit.current
 
-    def _tally(self, error: ApiframeError | None) -> None:
+    def _tally(self, error: ApiframeError | None, spent: int) -> None:
         """Account for one item that ended, and tell the progress callback."""
+        self.progress.credits += spent
         if error is None:
             self.progress.succeeded += 1
         else:

@@ -107,7 +107,7 @@ class Submit(Protocol):
     """The paid step of a generation: POST it, return the server's answer."""
 
     def __call__(
-        self, request: GenerateRequest, *, before_send: BeforeSend | None = None
+        self, request: GenerateRequest, /, *, before_send: BeforeSend | None = None
     ) -> Awaitable[Task]:
         """Send `request`, awaiting `before_send` right before each attempt's bytes leave."""
         ...
@@ -479,7 +479,10 @@ class JournaledWork:
         try:
             result = await self._complete(task)
         except ApiframeError as exc:
-            await self._journal.finish(claim.key, claim.occurrence, None, exc)
+            with anyio.CancelScope(shield=True):
+                await self._journal.finish(claim.key, claim.occurrence, None, exc)
             raise
-        await self._journal.finish(claim.key, claim.occurrence, result, None)
+        # Shielded: a cancel arriving now must not leave a paid result unrecorded.
+        with anyio.CancelScope(shield=True):
+            await self._journal.finish(claim.key, claim.occurrence, result, None)
         return result

@@ -353,11 +353,17 @@ class FakeApiframe:
         self._service.fail_next(_kind(path), reason)
 
     def add_trained_model(
-        self, trigger_word: str = v.DEFAULT_TRIGGER_WORD, image_count: int = 10
+        self,
+        trigger_word: str = v.DEFAULT_TRIGGER_WORD,
+        image_count: int = 10,
+        *,
+        training_id: str | None = None,
     ) -> str:
         """Create a finished upload and training, free and unrecorded; returns the training id.
 
-        A shortcut for tests that are about generation only.
+        A shortcut for tests that are about generation only. With `training_id`, the
+        training gets that id (a model that is the same in every run, so that a journal
+        of jobs on it can be resumed); if a task has that id already, it is kept as is.
 
         Example:
             ```python
@@ -365,7 +371,7 @@ class FakeApiframe:
             await http.post("/ai-photo-generate", json={"training_id": training_id, "prompt": "x"})
             ```
         """
-        return self._service.add_trained_model(trigger_word, image_count)
+        return self._service.add_trained_model(trigger_word, image_count, training_id)
 
     async def advance(self, task_id: str | None = None) -> None:
         """Move one task (or every unfinished task) one step on, as a fetch would.

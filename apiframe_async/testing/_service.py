@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from apiframe_async._pricing import TRAIN_COST_PER_IMAGE, UPLOAD_COST, generation_cost
 from apiframe_async.testing import _validation as v
 from apiframe_async.testing._tasks import (
     GenerateDetail,
@@ -28,9 +29,6 @@ from apiframe_async.testing._tasks import (
     UploadDetail,
 )
 
-UPLOAD_COST = 2
-TRAIN_COST_PER_IMAGE = 4
-GENERATE_COST_PER_IMAGE = 1
 _FAILURES = {
     Kind.UPLOAD: "Could not detect a face in enough of the images",
     Kind.TRAIN: "Training failed",
@@ -149,9 +147,7 @@ class Service:
             )
             urls = tuple(f"{base_url}/images/{task_id}-{i}.png" for i in range(count))
             detail = GenerateDetail(request.prompt, specs, urls)
-            outcome = self._create(
-                Kind.GENERATE, GENERATE_COST_PER_IMAGE * count, detail, None, task_id
-            )
+            outcome = self._create(Kind.GENERATE, generation_cost(count), detail, None, task_id)
             if not outcome.created:
                 return outcome
             return attrs.evolve(outcome, body=self._report(self._tasks[task_id]))
@@ -225,15 +221,19 @@ class Service:
             timed = self.settings.step_seconds is not None
             return timed and task is not None and task.webhook is not None and not task.terminal
 
-    def add_trained_model(self, trigger_word: str, image_count: int) -> str:
+    def add_trained_model(
+        self, trigger_word: str, image_count: int, training_id: str | None = None
+    ) -> str:
         """A finished upload and training, free of charge; returns the training's id."""
         with self.lock:
+            if training_id is not None and training_id in self._tasks:
+                return training_id
             now = self.clock()
             upload = UploadDetail(image_count, now + self.settings.upload_ttl)
             images = Task(self._new_id(), Kind.UPLOAD, 0, now, None, None, upload)
             trigger_word = self.settings.trigger_word_override or trigger_word
             detail = TrainDetail(images.task_id, trigger_word)
-            training = Task(self._new_id(), Kind.TRAIN, 0, now, None, None, detail)
+            training = Task(training_id or self._new_id(), Kind.TRAIN, 0, now, None, None, detail)
             self._tasks[images.task_id] = images
             self._tasks[training.task_id] = training
             return training.task_id

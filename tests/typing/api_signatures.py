@@ -36,6 +36,7 @@ from apiframe_async import (
     AsyncApiframe,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     BulkJob,
     ClientClosedError,
     ClientError,
@@ -192,6 +193,7 @@ def _show(progress: Progress) -> None:
     assert_type(progress.failed, int)
     assert_type(progress.in_flight, int)
     assert_type(progress.concurrency, int)
+    assert_type(progress.credits, int)
     assert_type(progress.done, int)
     assert_type(progress.stopped_by, ApiframeError | None)
 
@@ -212,6 +214,7 @@ async def bulk(client: AsyncApiframe) -> None:
         on_uncertain="skip",
         replay="yield",
         key=_key,
+        max_credits=100,
     )
     assert_type(job, BulkJob[Generation])
     async with job as outcomes:
@@ -224,6 +227,7 @@ async def bulk(client: AsyncApiframe) -> None:
             assert_type(outcome.result, Generation | None)
             assert_type(outcome.error, ApiframeError | None)
             assert_type(outcome.replayed, bool)
+            assert_type(outcome.credits, int)
             assert_type(outcome.ok, bool)
             assert_type(outcome.unwrap(), Generation)
     async with client.generate_many(_async_requests(), journal=Journal("job.sqlite")) as more:
@@ -392,6 +396,10 @@ def errors(exc: Exception) -> None:  # noqa: C901, PLR0912, PLR0915 -- one branc
         assert_type(exc.path, str)
     if isinstance(exc, JournalInUseError):
         assert_type(exc.path, str)
+    if isinstance(exc, BudgetExceededError):
+        assert_type(exc.cost, int)
+        assert_type(exc.spent, int)
+        assert_type(exc.max_credits, int)
     if isinstance(exc, DownloadError):
         assert_type(exc.url, str)
         assert_type(exc.reason, str)
@@ -450,6 +458,7 @@ async def fake_server(receiver_client: httpx.AsyncClient) -> None:
     fake.fail_next_task("/ai-photo-train", reason="Not enough faces")
     training_id = fake.add_trained_model("TOKMSN", 12)
     assert_type(training_id, str)
+    assert_type(fake.add_trained_model(training_id="5c0d7a3e-0000-4000-8000-000000000001"), str)
     await fake.advance(training_id)
     await fake.advance()
     await fake.wait_webhooks(timeout=2.0)
