@@ -13,7 +13,7 @@ from apiframe_async import (
     RequestValidationError,
 )
 from apiframe_async._budget import Budget, credits_charged
-from apiframe_async._errors import APIConnectionError, ServerError
+from apiframe_async._errors import APIConnectionError, ApiframeError, ServerError, TaskPollError
 from apiframe_async._pricing import generation_cost
 from apiframe_async.testing import FakeApiframe, Fault
 
@@ -157,18 +157,21 @@ def test_what_counts_as_charged() -> None:
     """Only failures that prove nothing was charged give the credits back."""
     gen, poll = "https://x/ai-photo-generate", "https://x/fetch"
 
-    def status(code: int, url: str) -> ServerError:
+    def status(code: int, url: str = gen) -> ServerError:
         return ServerError("x", status_code=code, method="POST", url=url, body="")
 
     def dropped(sent: bool, url: str = gen) -> APIConnectionError:
         return APIConnectionError("x", method="POST", url=url, may_have_been_submitted=sent)
 
+    def polled(cause: ApiframeError) -> TaskPollError:
+        return TaskPollError("task-1", cause)
+
     assert credits_charged(3, None) == 3
-    assert credits_charged(3, status(400, gen)) == 0
-    assert credits_charged(3, status(503, gen)) == 0
-    assert credits_charged(3, status(429, poll)) == 3, "a poll's error: the task exists"
-    assert credits_charged(3, status(502, gen)) == 3
-    assert credits_charged(3, status(408, gen)) == 3
+    assert credits_charged(3, status(400)) == 0
+    assert credits_charged(3, status(503)) == 0
+    assert credits_charged(3, polled(status(429, poll))) == 3, "a poll's error: the task exists"
+    assert credits_charged(3, status(502)) == 3
+    assert credits_charged(3, status(408)) == 3
     assert credits_charged(3, dropped(sent=False)) == 0
     assert credits_charged(3, dropped(sent=True)) == 3
-    assert credits_charged(3, dropped(sent=False, url=poll)) == 3
+    assert credits_charged(3, polled(dropped(sent=False, url=poll))) == 3
