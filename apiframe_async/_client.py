@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -15,7 +16,18 @@ import httpx
 
 from ._errors import ApiframeError, NotFoundError, RequestValidationError, ResponseValidationError
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, Work, as_request
-from ._http import ACCOUNT, FETCH, FETCH_MANY, GENERATE, TRAIN, UPLOAD, Sender, TimeoutTypes
+from ._http import (
+    ACCOUNT,
+    FETCH,
+    FETCH_MANY,
+    GENERATE,
+    TRAIN,
+    UPLOAD,
+    Endpoint,
+    Reply,
+    Sender,
+    TimeoutTypes,
+)
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
 from ._journal import Journal, JournaledWork, ReplayPolicy, UncertainPolicy
 from ._models import (
@@ -33,6 +45,7 @@ from ._models import (
     UploadRequest,
 )
 from ._retry import RetryPolicy
+from ._settings import checked_api_key, checked_count, checked_timeout
 from ._transport import PooledTransport
 from ._waiting import Poller, PollPolicy, checked
 from ._webhooks import WebhookReceiver
@@ -168,10 +181,10 @@ class AsyncApiframe:
                 "no API key given and APIFRAME_API_KEY is not set",
                 allowed="AsyncApiframe(api_key=...) or the APIFRAME_API_KEY variable",
             )
-        if max_concurrency < 1:
-            raise RequestValidationError(
-                "max_concurrency", f"{max_concurrency!r} is not valid", allowed="int >= 1"
-            )
+        checked_api_key(key)
+        checked_count(max_concurrency, "max_concurrency", minimum=1)
+        if max_retries is not None:
+            checked_count(max_retries, "max_retries", minimum=0)
         borrowed_base = str(http_client.base_url).rstrip("/") if http_client is not None else ""
         # A client passed in with a base URL says where to go more plainly than the
         # environment does: the fake's `client()`, say, in a shell that also points elsewhere.
@@ -180,7 +193,7 @@ class AsyncApiframe:
         policy = retry or RetryPolicy()
         if max_retries is not None:
             policy = attrs.evolve(policy, max_retries=max_retries)
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._timeout = checked_timeout(timeout)
         self._owns_http_client = http_client is None
         # httpx's default pool rescans every connection on every request (36x slower than
         # ideal at 256 in flight); ours is O(1), and our limiter bounds it.
@@ -206,6 +219,71 @@ class AsyncApiframe:
         )
         self._webhooks = webhooks
         self._unsubscribe = webhooks.subscribe(self._poller.deliver) if webhooks else None
+        # What a `with_options()` view changes; None: the shared sender's own.
+        self._call_timeout: httpx.Timeout | None = None
+        self._call_retry: RetryPolicy | None = None
+
+    def with_options(
+        self,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncApiframe:
+        """A view of this client with other per-request settings; nothing new is opened.
+
+        The view shares everything that has to be shared: the connection pool, the
+        client-wide concurrency limit, the pause after a 429, the polling loop (whose
+        polls keep this client's settings) and the webhook receiver. Only the requests
+        sent through the view's own methods use its `timeout` and retries. A web handler
+        uses it to fit its own deadline.
+
+        Closing a view closes nothing: `async with client.with_options(...) as view:`
+        is allowed and leaves the client open; the client's own `aclose()` (or the end
+        of its `async with`) ends every view of it too.
+
+        Example:
+            ```python
+            quick = client.with_options(timeout=5.0, max_retries=0)
+            account = await quick.account()
+            ```
+
+        Args:
+            timeout: Seconds for every phase, or an `httpx.Timeout`; None keeps this
+                client's.
+            max_retries: Retries per request; None keeps this client's count.
+            retry: A whole retry policy; `max_retries`, when given, overrides its count.
+
+        Raises:
+            RequestValidationError: A setting is not valid (the field names it).
+        """
+        view = copy.copy(self)
+        view._owns_http_client = False  # noqa: SLF001 -- a view of our own class
+        view._unsubscribe = None  # noqa: SLF001
+        if timeout is not None:
+            view._call_timeout = checked_timeout(timeout)  # noqa: SLF001
+        policy = retry or self._call_retry or self._sender.retry
+        if max_retries is not None:
+            checked_count(max_retries, "max_retries", minimum=0)
+            policy = attrs.evolve(policy, max_retries=max_retries)
+        view._call_retry = policy  # noqa: SLF001
+        return view
+
+    async def _call(
+        self,
+        endpoint: Endpoint,
+        body: object = None,
+        *,
+        timeout: TimeoutTypes = None,
+        task_id: str | None = None,
+    ) -> Reply:
+        return await self._sender.call(
+            endpoint,
+            body,
+            timeout=self._call_timeout if timeout is None else timeout,
+            task_id=task_id,
+            retry=self._call_retry,
+        )
 
     def __repr__(self) -> str:
         """Name the server, never the key."""
@@ -306,7 +384,7 @@ class AsyncApiframe:
     async def _generate(
         self, request: GenerateRequest, *, timeout: TimeoutTypes = None
     ) -> Generation:
-        reply = await self._sender.call(GENERATE, self._wire.body(request), timeout=timeout)
+        reply = await self._call(GENERATE, self._wire.body(request), timeout=timeout)
         task = reply.parse(self._wire.task)
         if not task.is_terminal and not task.task_id.strip():
             raise ResponseValidationError(
@@ -450,9 +528,7 @@ class AsyncApiframe:
             NotFoundError: The server knows no such task.
         """
         _check_task_id(task_id)
-        reply = await self._sender.call(
-            FETCH, {"task_id": task_id}, timeout=timeout, task_id=task_id
-        )
+        reply = await self._call(FETCH, {"task_id": task_id}, timeout=timeout, task_id=task_id)
         return reply.parse(lambda data: self._wire.task(data, task_id=task_id))
 
     async def fetch_many(self, task_ids: Iterable[str]) -> TaskBatch:
@@ -497,7 +573,7 @@ class AsyncApiframe:
                 return [await self.fetch(ids[0])]
             except NotFoundError:
                 return []
-        reply = await self._sender.call(FETCH_MANY, {"task_ids": ids})
+        reply = await self._call(FETCH_MANY, {"task_ids": ids})
         return reply.parse(self._wire.tasks)
 
     async def wait(
@@ -587,7 +663,7 @@ class AsyncApiframe:
         )
         photos = await encode_images(images, max_bytes=max_image_bytes)
         request = attrs.evolve(fields_only, images=photos)
-        reply = await self._sender.call(UPLOAD, self._wire.body(request), timeout=timeout)
+        reply = await self._call(UPLOAD, self._wire.body(request), timeout=timeout)
         return reply.parse(lambda data: self._wire.structure(data, SubmittedTask))
 
     async def train(
@@ -626,7 +702,7 @@ class AsyncApiframe:
             webhook_url=hook_url,
             webhook_secret=hook_secret,
         )
-        reply = await self._sender.call(TRAIN, self._wire.body(request), timeout=timeout)
+        reply = await self._call(TRAIN, self._wire.body(request), timeout=timeout)
         return reply.parse(lambda data: self._wire.structure(data, SubmittedTask))
 
     def _webhook_defaults(
@@ -639,7 +715,7 @@ class AsyncApiframe:
 
     async def account(self, *, timeout: TimeoutTypes = None) -> Account:
         """The account behind the key: email, credits left, images made, plan."""
-        reply = await self._sender.call(ACCOUNT, timeout=timeout)
+        reply = await self._call(ACCOUNT, timeout=timeout)
         return reply.parse(lambda data: self._wire.structure(data, Account))
 
 

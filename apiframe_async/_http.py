@@ -147,14 +147,15 @@ class Sender:
         *,
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Reply:
-        """Send `body` to `endpoint` with this client's retry rules; return the reply."""
+        """Send `body` to `endpoint` with the retry rules (this sender's by default)."""
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
 
         async def attempt() -> Reply:
             return await self.send_once(endpoint, content, timeout=timeout, task_id=task_id)
 
-        return await call_with_retries(self.retry, attempt, paid=endpoint.paid)
+        return await call_with_retries(retry or self.retry, attempt, paid=endpoint.paid)
 
     async def send_once(
         self,
