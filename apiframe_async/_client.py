@@ -219,6 +219,8 @@ class AsyncApiframe:
         )
         self._webhooks = webhooks
         self._unsubscribe = webhooks.subscribe(self._poller.deliver) if webhooks else None
+        if webhooks is not None:
+            self._sender.secrets.add(webhooks.secret)
         # What a `with_options()` view changes; None: the shared sender's own.
         self._call_timeout: httpx.Timeout | None = None
         self._call_retry: RetryPolicy | None = None
@@ -708,6 +710,8 @@ class AsyncApiframe:
     def _webhook_defaults(
         self, url: str | None, secret: str | None
     ) -> tuple[str | None, str | None]:
+        # A secret sent along is redacted from the replies' error text, as the key is.
+        self._sender.secrets.add(secret)
         receiver = self._webhooks
         if url is None and receiver is not None and receiver.url is not None:
             return receiver.url, secret if secret is not None else receiver.secret

@@ -21,6 +21,7 @@ import httpx
 
 from ._errors import APIConnectionError, ApiframeError, APITimeoutError, ResponseValidationError
 from ._retry import RetryPolicy, call_with_retries
+from ._secrets import Redactor
 from ._status import status_error
 
 logger = logging.getLogger("apiframe_async")
@@ -111,6 +112,10 @@ class Sender:
             "User-Agent": user_agent,
         }
         self._urls: dict[str, httpx.URL] = {}
+        #: Cleans error text of the key and of every webhook secret the client sends: a
+        #: server that quotes them back must not put them in our errors.
+        self.secrets = Redactor(api_key)
+        self._redact = self.secrets
         self._limiter: anyio.Semaphore | None = None
         # What httpx would merge into each request of our own client, merged once.
         direct = {**self._headers, "Accept-Encoding": "gzip, deflate"}
@@ -182,10 +187,6 @@ class Sender:
             self.pushbacks += 1
             self._pause_for(error.retry_after)
         raise error
-
-    def _redact(self, text: str) -> str:
-        # A server that quotes the key back ("invalid key abc...") must not put it in our errors.
-        return text.replace(self._headers["Authorization"], "[redacted]")
 
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
