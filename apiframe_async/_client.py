@@ -44,6 +44,7 @@ from ._models import (
     TrainRequest,
     UploadRequest,
 )
+from ._observe import operation, set_task_id
 from ._retry import RetryPolicy
 from ._settings import checked_api_key, checked_count, checked_timeout
 from ._transport import PooledTransport
@@ -386,17 +387,20 @@ class AsyncApiframe:
     async def _generate(
         self, request: GenerateRequest, *, timeout: TimeoutTypes = None
     ) -> Generation:
-        reply = await self._call(GENERATE, self._wire.body(request), timeout=timeout)
-        task = reply.parse(self._wire.task)
-        if not task.is_terminal and not task.task_id.strip():
-            raise ResponseValidationError(
-                ["$.task_id: a running generation came back without a task id to wait on"],
-                body=reply.text,
-                method=GENERATE.method,
-                url=str(reply.response.request.url),
-            )
-        task = checked(task) if task.is_terminal else await self.wait(task.task_id)
-        return self._wire.generation(task)
+        # One span (when tracing) over the submission and every poll of this generation.
+        with operation("apiframe.generate") as span:
+            reply = await self._call(GENERATE, self._wire.body(request), timeout=timeout)
+            task = reply.parse(self._wire.task)
+            set_task_id(span, task.task_id)
+            if not task.is_terminal and not task.task_id.strip():
+                raise ResponseValidationError(
+                    ["$.task_id: a running generation came back without a task id to wait on"],
+                    body=reply.text,
+                    method=GENERATE.method,
+                    url=str(reply.response.request.url),
+                )
+            task = checked(task) if task.is_terminal else await self.wait(task.task_id)
+            return self._wire.generation(task)
 
     def generate_many(
         self,

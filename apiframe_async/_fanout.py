@@ -183,6 +183,7 @@ class AdaptiveLimit:
             if self._successes >= self.current:
                 self._successes = 0
                 self._set(self.current + 1)
+                logger.info("no pushback for a window: concurrency raised to %d", self.current)
 
 
 def _is_overload(error: ApiframeError | None) -> bool:

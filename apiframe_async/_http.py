@@ -20,6 +20,7 @@ import attrs
 import httpx
 
 from ._errors import APIConnectionError, ApiframeError, APITimeoutError, ResponseValidationError
+from ._observe import Exchange, outcome_uncertain, warn_uncertain
 from ._retry import RetryPolicy, call_with_retries
 from ._secrets import Redactor
 from ._status import status_error
@@ -157,10 +158,21 @@ class Sender:
         """Send `body` to `endpoint` with the retry rules (this sender's by default)."""
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
 
-        async def attempt() -> Reply:
-            return await self.send_once(endpoint, content, timeout=timeout, task_id=task_id)
+        attempts = 0
 
-        return await call_with_retries(retry or self.retry, attempt, paid=endpoint.paid)
+        async def attempt() -> Reply:
+            nonlocal attempts
+            attempts += 1
+            return await self.send_once(
+                endpoint, content, timeout=timeout, task_id=task_id, attempt=attempts
+            )
+
+        try:
+            return await call_with_retries(retry or self.retry, attempt, paid=endpoint.paid)
+        except ApiframeError as exc:
+            if endpoint.paid and outcome_uncertain(exc):
+                warn_uncertain(endpoint.method, endpoint.path, exc)
+            raise
 
     async def send_once(
         self,
@@ -169,17 +181,22 @@ class Sender:
         *,
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
+        attempt: int = 1,
     ) -> Reply:
         """One attempt, no retry: wait out any 429 pause, then send within the limit."""
         await self._wait_for_rate_limit()
         request = self._build(endpoint, content, timeout)
         method, url = endpoint.method, str(request.url)
         async with self.limiter:
-            try:
-                response = await self._send(request)
-            except httpx.HTTPError as exc:
-                raise translated(exc, method=method, url=url) from exc
-        logger.debug("%s %s -> %d", method, url, response.status_code)
+            # The DEBUG record and the CLIENT span of this attempt.
+            with Exchange(
+                method, endpoint.path, request.url, attempt=attempt, task_id=task_id
+            ) as seen:
+                try:
+                    response = await self._send(request)
+                except httpx.HTTPError as exc:
+                    raise translated(exc, method=method, url=url) from exc
+                seen.response = response
         if response.is_success:
             return Reply(_decode(response, method, url, self._redact), response, self._redact)
         error = status_error(response, method=method, url=url, task_id=task_id, redact=self._redact)

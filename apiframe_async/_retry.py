@@ -28,6 +28,7 @@ import attrs
 import tenacity
 
 from ._errors import APIConnectionError, ApiframeError, APIStatusError
+from ._observe import retry_event
 
 T = TypeVar("T")
 
@@ -86,6 +87,7 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
     logger.info("retrying in %.2f s (attempt %d failed: %s)", wait, state.attempt_number, exc)
+    retry_event(state.attempt_number, wait, exc)
 
 
 async def call_with_retries(
