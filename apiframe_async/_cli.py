@@ -11,13 +11,17 @@ import enum
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import anyio
 import attrs
+import click
 import httpx
+import platformdirs
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -39,6 +43,9 @@ from ._errors import ApiframeError
 from ._fanout import Progress, as_request
 from ._models import ASPECT_RATIOS, ETHNICITIES, GENDERS, Ethnicity, Gender, Task
 
+if TYPE_CHECKING:
+    from .testing import FakeApiframe
+
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -50,6 +57,64 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 out = Console()
+
+
+def plain(text: object) -> Text:
+    r"""`text` to print as it is: no rich markup, no terminal control sequences.
+
+    Server messages, prompts and paths may hold `[...]` (markup to rich) or escape
+    sequences (colours, titles, cursor moves); control and format characters are shown
+    escaped (`\x1b`), so what the terminal shows is what was there.
+    """
+    raw = str(text)
+    if raw.isprintable():
+        return Text(raw)
+    return Text("".join(_visible(c) for c in raw))
+
+
+def _visible(char: str) -> str:
+    if char in "\n\t" or unicodedata.category(char) not in {"Cc", "Cf", "Zl", "Zp"}:
+        return char
+    return char.encode("unicode_escape").decode("ascii")
+
+
+def say(*parts: str | Text, console: Console | None = None) -> None:
+    """Print a line of styled parts (`Text`) and untrusted text (`str`, shown literally)."""
+    line = Text()
+    for part in parts:
+        line.append(part if isinstance(part, Text) else plain(part))
+    (console or err).print(line, highlight=False)
+
+
+def _show_version(value: bool) -> None:  # noqa: FBT001 -- typer's callback for a flag
+    if value:
+        say(f"apiframe-async {version('apiframe-async')}", console=out)
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+    fake_state: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="APIFRAME_FAKE_STATE",
+            show_envvar=True,
+            help="Where the built-in fake keeps its state between commands "
+            "(default: in the user's cache folder).",
+        ),
+    ] = None,
+) -> None:
+    """APIFRAME AI Photos from the command line. With no API key, runs on a built-in fake."""
+    _fake_state_option.clear()
+    if fake_state is not None:
+        _fake_state_option.append(fake_state)
+
 
 ApiKey = Annotated[
     str | None,
@@ -99,31 +164,90 @@ async def _session(
         "(nothing is charged; photos are drawn locally).[/]"
     )
     fake = FakeApiframe(fetches_to_finish=2)
-    async with (
-        fake,
-        fake.client() as api_http,
-        fake.client() as images,
-        AsyncApiframe(
-            fake.api_key, http_client=api_http, max_concurrency=max_concurrency
-        ) as client,
-    ):
-        yield Session(client, images, fake.add_trained_model())
+    state_file = fake_state_path()
+    model = _restore_fake(fake, state_file)
+    try:
+        async with (
+            fake,
+            fake.client() as api_http,
+            fake.client() as images,
+            AsyncApiframe(
+                fake.api_key, http_client=api_http, max_concurrency=max_concurrency
+            ) as client,
+        ):
+            yield Session(client, images, model)
+    finally:
+        # Whatever happened, what the fake did is kept: the next command carries on.
+        _save_fake(fake, state_file)
 
 
-def _run(main: Callable[[], Awaitable[T]]) -> T:
-    """Run `main`; turn every expected failure into one line and a non-zero exit."""
+#: Where the built-in fake keeps its state between commands (default: the user's cache).
+FAKE_STATE_ENV = "APIFRAME_FAKE_STATE"
+_fake_state_option: list[Path] = []
+
+
+def fake_state_path() -> Path:
+    """`--fake-state`, else `$APIFRAME_FAKE_STATE`, else a file in the user's cache folder."""
+    if _fake_state_option:
+        return _fake_state_option[-1]
+    if os.environ.get(FAKE_STATE_ENV):
+        return Path(os.environ[FAKE_STATE_ENV])
+    return platformdirs.user_cache_path("apiframe-async") / "fake-state.json"
+
+
+def _restore_fake(fake: FakeApiframe, path: Path) -> str:
+    """Load the fake's earlier state if there is one; return the demo model's id."""
+    try:
+        fake.restore(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        say(
+            Text("warning: ", style="yellow"),
+            f"the fake's state in {path} is unusable ({exc}); starting afresh",
+        )
+    trainings = fake.task_ids("/ai-photo-train")
+    # The first training of a state is the demo model, made when the state was.
+    return str(trainings[0]) if trainings else fake.add_trained_model()
+
+
+def _save_fake(fake: FakeApiframe, path: Path) -> None:
+    """Write the state atomically (a temporary file renamed into place), private to the user."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(fake.state(), file)
+        partial.replace(path)
+    except OSError as exc:
+        say(Text("warning: ", style="yellow"), f"could not keep the fake's state in {path}: {exc}")
+
+
+def _run(main: Callable[[], Awaitable[T]], *, interrupted_hint: str | None = None) -> T:
+    """Run `main`; turn every failure into one line and a non-zero exit, never a traceback."""
     try:
         return anyio.run(main)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
+        say(Text("interrupted", style="red"), f"; {interrupted_hint}" if interrupted_hint else "")
         raise typer.Exit(130) from None
+    except (click.exceptions.Exit, click.ClickException):
+        raise  # typer's own way out (a bad option, --help): it prints its message itself
     except _EXPECTED as exc:
         _fail(exc)
     except BaseExceptionGroup as group:
         expected, unexpected = group.split(_EXPECTED)
         if unexpected is not None or expected is None:
-            raise
+            _fail(*(_unexpected(e) for e in _leaves(group)))
         _fail(*_leaves(expected))
+    except Exception as exc:  # noqa: BLE001 -- a bug of ours still gets one line, no traceback
+        _fail(_unexpected(exc))
+
+
+def _unexpected(exc: BaseException) -> BaseException:
+    if isinstance(exc, _EXPECTED):
+        return exc
+    return RuntimeError(f"unexpected {type(exc).__name__}: {exc} (please report this)")
 
 
 _EXPECTED = (ApiframeError, OSError)
@@ -139,7 +263,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
 
 def _fail(*errors: BaseException) -> NoReturn:
     for exc in errors:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        say(Text("error: ", style="red"), str(exc))
     raise typer.Exit(1)
 
 
@@ -255,15 +379,34 @@ def generate_many(
                     journal=journal,
                     on_uncertain=on_uncertain.value,
                 )
-        err.print(
+        say(
             f"{summary.succeeded} prompts done, {summary.failed} failed, "
-            f"{summary.files} photos in {out_dir}/; manifest: {manifest_path}",
-            highlight=False,
+            f"{summary.files} photos in {out_dir}/; manifest: {manifest_path}"
         )
+        _hint_uncertain(manifest_path)
         if summary.failed:
             raise typer.Exit(1)
 
-    _run(main)
+    hint = (
+        "run the same command again to resume; requests in flight when it stopped are "
+        "skipped as possibly charged, unless you add --on-uncertain resend"
+        if journal is not None
+        else None
+    )
+    _run(main, interrupted_hint=hint)
+
+
+def _hint_uncertain(manifest_path: Path) -> None:
+    """Say how to send again what an interrupted run may have left charged, in CLI terms."""
+    with manifest_path.open(encoding="utf-8") as lines:
+        uncertain = sum('"UncertainSubmissionError"' in line for line in lines)
+    if uncertain:
+        say(
+            Text("hint: ", style="yellow"),
+            f"{uncertain} prompt(s) may already have been charged by a run that stopped "
+            "mid-request and were not sent again; check your APIFRAME dashboard, or run "
+            "the same command with --on-uncertain resend to send them anyway",
+        )
 
 
 @app.command()
@@ -297,7 +440,7 @@ def generate(
             _print_json(gen)
             if out_dir is not None:
                 for path in await download(gen, out_dir, http_client=session.images):
-                    err.print(f"saved {path}", highlight=False)
+                    say(f"saved {path}")
 
     _run(main)
 
@@ -330,7 +473,7 @@ def upload(
 
 def _show_progress(task: Task) -> None:
     if task.percentage is not None:
-        err.print(f"{task.task_id}: {task.status} {task.percentage}%", highlight=False)
+        say(f"{task.task_id}: {task.status} {task.percentage}%")
 
 
 @app.command()
@@ -401,6 +544,20 @@ def account(api_key: ApiKey = None, base_url: BaseUrl = None) -> None:
     _run(main)
 
 
+@app.command("reset-fake")
+def reset_fake() -> None:
+    """Forget the built-in fake's tasks and credits: the next command starts afresh."""
+    path = fake_state_path()
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        say(f"the built-in fake has no state in {path}: nothing to reset")
+    except OSError as exc:
+        _fail(exc)
+    else:
+        say(f"the built-in fake's state in {path} is reset")
+
+
 @app.command("serve-fake")
 def serve_fake(
     host: str = "127.0.0.1",
@@ -411,12 +568,11 @@ def serve_fake(
     """Serve the fake APIFRAME on a local port (needs the `server` extra: uvicorn)."""
     from .testing import run_fake_server  # noqa: PLC0415 -- only for this command
 
-    err.print(f"fake APIFRAME on http://{host}:{port} (key {api_key!r}); Ctrl-C stops it")
+    say(f"fake APIFRAME on http://{host}:{port} (key {api_key!r}); Ctrl-C stops it")
     try:
         run_fake_server(host, port, api_key=api_key, seed=seed)
     except ImportError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        _fail(exc)
 
 
 def main() -> None:

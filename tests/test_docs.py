@@ -520,6 +520,21 @@ def test_cli_reference_covers_every_command_and_option() -> None:
         assert mentioned <= options, f"{name}: documents options it does not have"
 
 
+def test_cli_reference_covers_the_options_before_the_command() -> None:
+    """The options of `apiframe` itself (`--version`, ...) are in the page's opening table."""
+    pytest.importorskip("typer")
+    import typer.main  # noqa: PLC0415 -- the `cli` extra
+
+    from apiframe_async._cli import app  # noqa: PLC0415 -- the `cli` extra
+
+    group = typer.main.get_command(app)
+    options = {o for param in group.params for o in param.opts if o.startswith("--")}
+    intro = (DOCS / "cli.md").read_text(encoding="utf-8").split("\n## apiframe ", 1)[0]
+    table = "\n".join(line for line in intro.splitlines() if line.startswith("|"))
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", table))
+    assert options - {"--help"} == mentioned - {"--api-key", "--base-url"}
+
+
 def test_docs_mention_no_missing_public_name() -> None:
     """Names shown as `apiframe_async.X` in the guides exist."""
     for page in PAGES:

@@ -482,6 +482,33 @@ class FakeApiframe:
         """Ids of the tasks created (at `path`, such as `"/ai-photo-upload"`), oldest first."""
         return self._service.ids(None if path is None else _kind(path))
 
+    # -- carrying it over ------------------------------------------------------------------
+
+    def state(self) -> JSONObject:
+        """The service's state, JSON-ready: tasks, credits and generated images.
+
+        A fake made later (in another process, say) carries on from it with `restore()`,
+        as the `apiframe` command does between commands on its built-in fake. Records,
+        scripted faults and webhooks are not part of it (no webhook secret is written).
+
+        Example:
+            ```python
+            saved = json.dumps(fake.state())
+            later = FakeApiframe()
+            later.restore(json.loads(saved))
+            assert later.task_ids() == fake.task_ids()
+            ```
+        """
+        return self._service.state()
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Replace the tasks, credits and images with those of a `state()`.
+
+        Raises:
+            ValueError: `state` is not one that `state()` gave.
+        """
+        self._service.restore(state)
+
     # -- ASGI -----------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
