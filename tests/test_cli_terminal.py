@@ -166,7 +166,7 @@ def test_an_unexpected_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> Non
     async def broken(*_args: object, **_kwargs: object) -> None:
         raise TypeError("something odd")
 
-    monkeypatch.setattr(_cli.AsyncApiframe, "account", broken)
+    monkeypatch.setattr(apiframe_async.AsyncApiframe, "account", broken)
     result = CliRunner().invoke(_cli.app, ["account"])
     assert result.exit_code == 1
     assert "error: unexpected TypeError: something odd" in result.output
