@@ -106,13 +106,15 @@ async def run_bulk_job(
     on_progress: Callable[[Progress], object] | None = None,
     journal: str | os.PathLike[str] | None = None,
     on_uncertain: UncertainPolicy = "skip",
+    allow_private_addresses: bool = False,
 ) -> BulkSummary:
     """Generate for every request, save the photos into `out_dir`, write the manifest.
 
     Photos are saved while the next generations run. Each request gets one JSON line in
     `manifest`: `index`, `prompt`, `task_id`, `files`, `replayed`, and `error` (`null`, or
     its type and message). With a `journal`, a rerun pays only for what is not done yet
-    (see `Journal`); photos already saved are not fetched again.
+    (see `Journal`); photos already saved are not fetched again. Photos are fetched only
+    from public addresses (see `download()`), unless `allow_private_addresses`.
     """
     summary = BulkSummary()
     # Taken before a save starts, given back when it ends: generations outrunning the
@@ -126,7 +128,12 @@ async def run_bulk_job(
         error: Exception | None = outcome.error
         try:
             if outcome.result is not None:
-                files = await download(outcome.result, out_dir, http_client=http)
+                files = await download(
+                    outcome.result,
+                    out_dir,
+                    http_client=http,
+                    allow_private_addresses=allow_private_addresses,
+                )
         except (ApiframeError, OSError) as exc:
             error = exc
         finally:

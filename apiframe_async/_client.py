@@ -14,6 +14,7 @@ import anyio
 import attrs
 import httpx
 
+from ._addresses import trust_local_origin
 from ._errors import ApiframeError, NotFoundError, RequestValidationError, ResponseValidationError
 from ._fanout import BulkJob, Outcome, Progress, RequestLike, Work, as_request
 from ._http import (
@@ -202,10 +203,13 @@ class AsyncApiframe:
         self._http_client = http_client or _ApiHttpClient(
             transport=own_transport, timeout=self._timeout
         )
+        checked_base = _checked_base_url(base, allow_insecure=allow_insecure)
+        if _is_loopback(httpx.URL(checked_base).host):
+            trust_local_origin(checked_base)  # a local fake's photo URLs are its own
         self._sender = Sender(
             self._http_client,
             api_key=key,
-            base_url=_checked_base_url(base, allow_insecure=allow_insecure),
+            base_url=checked_base,
             timeout=self._timeout,
             retry=policy,
             max_concurrency=max_concurrency,

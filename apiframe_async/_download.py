@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from ._addresses import AddressGuard, send_guarded
 from ._errors import APIConnectionError, ApiframeError, APITimeoutError, DownloadError
 from ._models import Generation, Task
 from ._retry import RetryPolicy, call_with_retries
@@ -93,13 +94,19 @@ async def _write_capped(response: httpx.Response, path: Path, max_bytes: int) ->
 
 
 async def _stream_to_file(
-    http: httpx.AsyncClient, url: str, folder: Path, stem: str, max_bytes: int
+    http: httpx.AsyncClient,
+    url: str,
+    folder: Path,
+    stem: str,
+    max_bytes: int,
+    *,
+    guard: AddressGuard | None = None,
 ) -> Path:
     request = http.build_request("GET", url, timeout=_DOWNLOAD_TIMEOUT)
     # Whatever the client's defaults, the key never travels to an image host.
     request.headers.pop("authorization", None)
     try:
-        response = await http.send(request, stream=True)
+        response = await send_guarded(http, request, guard)
     except httpx.TimeoutException as exc:
         raise APITimeoutError(
             "download timed out", method="GET", url=url, may_have_been_submitted=False
@@ -144,6 +151,7 @@ async def download(
     http_client: httpx.AsyncClient | None = None,
     max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     retry: RetryPolicy | None = None,
+    allow_private_addresses: bool = False,
 ) -> list[Path]:
     """Save the photos of a result into `folder`; returns their paths, in order.
 
@@ -164,9 +172,13 @@ async def download(
             one is made and closed if none is given.
         max_bytes: The largest photo accepted.
         retry: How failed fetches are retried (downloads are safe to retry).
+        allow_private_addresses: Fetch from loopback, private and link-local addresses
+            too. By default a photo URL (or a redirect) whose host resolves to one is
+            refused, unless it is at the loopback base URL of a client (the fake's).
 
     Raises:
-        DownloadError: Not an image, too large, or a name that would leave the folder.
+        DownloadError: Not an image, too large, a name that would leave the folder, or a
+            host that is not a public address.
         APIStatusError: The image host answered with an error status.
         APIConnectionError: The image host could not be reached or broke off.
     """
@@ -176,6 +188,7 @@ async def download(
     else:
         jobs = [(url, file_stem(url, 0)) for url in result]
     policy = retry or RetryPolicy()
+    guard = None if allow_private_addresses else AddressGuard()
     http = http_client or httpx.AsyncClient(follow_redirects=True)
     try:
         paths = []
@@ -186,7 +199,7 @@ async def download(
                 continue
 
             async def fetch(url: str = url, stem: str = stem) -> Path:
-                return await _stream_to_file(http, url, target_folder, stem, max_bytes)
+                return await _stream_to_file(http, url, target_folder, stem, max_bytes, guard=guard)
 
             paths.append(await call_with_retries(policy, fetch, paid=False))
         return paths
@@ -202,10 +215,12 @@ async def download_all(
     concurrency: int = 8,
     http_client: httpx.AsyncClient | None = None,
     max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    allow_private_addresses: bool = False,
 ) -> list[list[Path]]:
     """Save the photos of many results, `concurrency` results at a time, in input order.
 
-    Raises the first failure, after cancelling the rest.
+    Raises the first failure, after cancelling the rest. `allow_private_addresses` is
+    as for `download()`.
     """
     items = list(results)
     saved: list[list[Path]] = [[] for _ in items]
@@ -214,7 +229,13 @@ async def download_all(
 
     async def one(index: int, result: Generation | Task) -> None:
         async with limiter:
-            saved[index] = await download(result, folder, http_client=http, max_bytes=max_bytes)
+            saved[index] = await download(
+                result,
+                folder,
+                http_client=http,
+                max_bytes=max_bytes,
+                allow_private_addresses=allow_private_addresses,
+            )
 
     try:
         async with anyio.create_task_group() as tg:
