@@ -334,7 +334,10 @@ def generate_many(
     base_url: BaseUrl = None,
 ) -> None:
     """Generate photos for many prompts at once, into a folder, with a live progress bar."""
-    total = None if prompts == "-" else _count_prompts(Path(prompts))
+    try:
+        total = None if prompts == "-" else _count_prompts(Path(prompts))
+    except OSError as exc:
+        _fail(exc)
     manifest_path = manifest or out_dir / "manifest.jsonl"
 
     async def main() -> None:
@@ -584,4 +587,8 @@ def serve_fake(
 def main() -> None:
     """The `apiframe` entry point."""
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
-    app()
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 -- the last line of defence against a traceback
+        say(Text("error: ", style="red"), str(_unexpected(exc)))
+        sys.exit(1)

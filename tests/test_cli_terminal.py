@@ -129,6 +129,13 @@ def test_server_text_with_markup_and_escapes_is_shown_literally(
     assert "\\u202edesrever" in line
 
 
+def test_a_missing_prompts_file_is_one_line(tmp_path: Path) -> None:
+    """A prompts file that is not there: one error line naming it literally."""
+    result = apiframe(tmp_path, "generate-many", "[/red]prompts.txt", code=1)
+    assert result.stderr.startswith("error: [Errno 2] No such file or directory")
+    assert "[/red]prompts.txt" in result.stderr
+
+
 def test_version(tmp_path: Path) -> None:
     """`apiframe --version` prints the package version."""
     result = apiframe(tmp_path, "--version")
