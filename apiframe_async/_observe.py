@@ -54,10 +54,24 @@ def configure_from_env() -> None:
         return
     if not any(getattr(h, "_apiframe_env", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_TerminalFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._apiframe_env = True  # type: ignore[attr-defined]  # noqa: SLF001 -- our mark
         logger.addHandler(handler)
     logger.setLevel(level)
+
+
+class _TerminalFormatter(logging.Formatter):
+    """Shows control characters escaped: server text must not drive the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        r"""The usual line, with `\x1b` and the like written out."""
+        text = super().format(record)
+        if text.isprintable():
+            return text
+        return "".join(
+            c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode()
+            for c in text
+        )
 
 
 # -- OpenTelemetry, looked up lazily once ------------------------------------------------

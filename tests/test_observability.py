@@ -152,6 +152,20 @@ def test_apiframe_log_switches_logging_on(
         assert line not in result.stderr
 
 
+def test_the_apiframe_log_handler_escapes_control_characters() -> None:
+    """Server text logged to the terminal cannot send it escape sequences."""
+    env = {**os.environ, "APIFRAME_LOG": "info"}
+    code = (
+        "import logging, apiframe_async\n"
+        "logging.getLogger('apiframe_async').info('server said %s', '\\x1b[31mred\\x07')\n"
+    )
+    result = subprocess.run(  # noqa: S603 -- this interpreter, our own code
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert "server said \\x1b[31mred\\x07" in result.stderr
+    assert "\x1b" not in result.stderr
+
+
 def test_an_unknown_apiframe_log_value_is_ignored_with_a_warning() -> None:
     """A typo does not break the import; it says what the allowed values are."""
     result = _run_with_env("verbose")
