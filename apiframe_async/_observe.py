@@ -195,7 +195,7 @@ class Exchange:
             "http.request.method": self._method,
             "server.address": url.host,
             "server.port": url.port or (443 if url.scheme == "https" else 80),
-            "url.full": str(url.copy_with(query=None, fragment=None)),
+            "url.full": _without_secrets(url),
         }
         if self._attempt > 1:
             attributes["http.request.resend_count"] = self._attempt - 1
@@ -273,6 +273,13 @@ class Exchange:
                 "task_id": task_id,
             },
         )
+
+
+def _without_secrets(url: httpx.URL) -> str:
+    # Our URLs carry no query; a base URL with credentials in it must not show them.
+    if not (url.userinfo or url.query or url.fragment):
+        return str(url)
+    return str(url.copy_with(username=None, password=None, query=None, fragment=None))
 
 
 def _error_type(error: BaseException | None) -> str:
