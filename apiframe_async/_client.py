@@ -158,7 +158,10 @@ class AsyncApiframe:
         allow_insecure: Allow a non-loopback plain-http `base_url`.
 
     Raises:
-        RequestValidationError: No key given or in the environment, or a bad `base_url`.
+        RequestValidationError: No key given or in the environment, a key with
+            whitespace or control characters, a bad `base_url`, or a setting out of
+            range (a timeout phase of zero or less, `max_retries` below 0,
+            `max_concurrency` below 1); the field names which.
     """
 
     def __init__(
