@@ -32,6 +32,7 @@ import ast
 import doctest
 import importlib.util
 import inspect
+import logging
 import re
 import shlex
 import subprocess
@@ -180,6 +181,18 @@ def _accept_webhook(request: httpx.Request) -> httpx.Response:
 
 #: How much sooner polls come than the policy says.
 TIME_SCALE = 100
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """Examples set up logging as a program would; the tests after them start without it."""
+    ours, root = logging.getLogger("apiframe_async"), logging.getLogger()
+    saved = (ours.level, ours.handlers[:], ours.filters[:], root.level, root.handlers[:])
+    yield
+    ours.setLevel(saved[0])
+    ours.handlers[:], ours.filters[:] = saved[1], saved[2]
+    root.setLevel(saved[3])
+    root.handlers[:] = saved[4]
 
 
 @pytest.fixture(autouse=True)
