@@ -4,8 +4,9 @@ Image URLs come from the API's replies. Followed blindly, a reply (or a redirect
 `http://169.254.169.254/...` or `http://localhost:6379/` would make a backend fetch from
 its own network and save what it got. So each host is resolved and every address it has
 must be public; loopback, private, link-local, shared, reserved and multicast ones are
-refused with `DownloadError`. Two ways in remain: the origin of a client's loopback base
-URL (the fake on 127.0.0.1 serves its own photos), and `allow_private_addresses=True`.
+refused with `DownloadError`. Three ways in remain: the origin of a client's loopback
+base URL (the fake on 127.0.0.1 serves its own photos), the origin of the in-process fake
+(`FakeApiframe.client()`: nothing goes over a network), and `allow_private_addresses=True`.
 
 A name that does not resolve is let through: the fetch then fails as any unreachable host
 does. (Between this check and the connection a name could be resolved again to another
@@ -27,8 +28,8 @@ MAX_REDIRECTS: Final = 10
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-#: (scheme, host, port) of the loopback base URLs clients were made with: the fake's own
-#: photo URLs, which are the only loopback ones trusted without being told.
+#: (scheme, host, port) of the loopback base URLs clients were made with, and of in-process
+#: fakes: their own photo URLs, the only non-public ones trusted without being told.
 _local_origins: set[tuple[str, str, int]] = set()
 
 
@@ -37,7 +38,7 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
 
 
 def trust_local_origin(base_url: str) -> None:
-    """Trust photo URLs at the origin of `base_url`, a loopback base URL of a client."""
+    """Trust photo URLs at the origin of `base_url`: a client's loopback base URL, or a fake's."""
     _local_origins.add(_origin(httpx.URL(base_url)))
 
 

@@ -115,3 +115,16 @@ async def test_photos_of_a_loopback_fake_are_allowed_but_no_other_loopback(
         other = gen.image_urls[0].replace(f":{port}/", f":{port + 1}/")
         with pytest.raises(DownloadError, match="loopback"):
             await download([other], tmp_path / "other")
+
+
+async def test_photos_of_an_in_process_fake_are_allowed(tmp_path: Path) -> None:
+    """The in-process fake's origin is trusted, even at a private address of its own."""
+    fake = FakeApiframe(base_url="https://10.9.9.9")
+    async with (
+        fake.client() as http,
+        AsyncApiframe(fake.api_key, http_client=fake.client()) as client,
+    ):
+        gen = await client.generate(training_id=fake.add_trained_model(), prompt="TOKMSN man")
+        (path,) = await download(gen, tmp_path, http_client=http)
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert gen.image_urls[0].startswith("https://10.9.9.9/")

@@ -17,6 +17,7 @@ import anyio
 import attrs
 import httpx
 
+from apiframe_async._addresses import trust_local_origin
 from apiframe_async.testing import _validation as v
 from apiframe_async.testing._asgi import (
     SERVICE_UNAVAILABLE_PAGE,
@@ -249,6 +250,9 @@ class FakeApiframe:
             ```
         """
         kwargs.setdefault("base_url", self.base_url)
+        # Photo URLs at this origin are served in-process: no address to guard, none to
+        # resolve (a DNS query for a name that exists nowhere may take seconds).
+        trust_local_origin(self.base_url)
         return httpx.AsyncClient(transport=InProcessTransport(self), **kwargs)
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> FakeServer:
