@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 
+import anyio
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -290,3 +291,20 @@ async def test_no_provider_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     async with AsyncApiframe(KEY, http_client=fake.client()) as client:
         await client.account()
     assert tracer() is None
+
+
+async def test_a_cancelled_request_ends_its_spans_and_leaves_no_context(
+    spans: InMemorySpanExporter,
+) -> None:
+    """Cancelled mid-request: both spans end, failed, and the caller's context is as it was."""
+    fake = FakeApiframe(api_key=KEY)
+    fake.inject_fault(None, path="/ai-photo-generate", delay=5.0)
+    async with AsyncApiframe(KEY, http_client=fake.client(), retry=FAST_RETRY) as client:
+        with anyio.move_on_after(0.1):
+            await client.generate(training_id=fake.add_trained_model(), prompt="TOKMSN man")
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    finished = spans.get_finished_spans()
+    assert sorted(s.name for s in finished) == ["POST /ai-photo-generate", "apiframe.generate"]
+    (request,) = _by_name(finished, "POST /ai-photo-generate")
+    assert request.attributes is not None
+    assert request.attributes["error.type"] in {"CancelledError", "Cancelled"}
