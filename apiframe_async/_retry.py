@@ -29,6 +29,7 @@ import tenacity
 
 from ._errors import APIConnectionError, ApiframeError, APIStatusError
 from ._observe import retry_event
+from ._settings import number_field
 
 T = TypeVar("T")
 
@@ -52,10 +53,10 @@ class RetryPolicy:
             `RateLimitError` is raised with `retry_after` set.
     """
 
-    max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    initial_backoff: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
-    max_backoff: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    max_retries: int = attrs.field(default=3, validator=number_field(0, integer=True))
+    initial_backoff: float = attrs.field(default=0.5, validator=number_field(0, strictly=True))
+    max_backoff: float = attrs.field(default=30.0, validator=number_field(0, strictly=True))
+    max_retry_after: float = attrs.field(default=60.0, validator=number_field(0))
     _full_jitter: tenacity.wait.wait_base = attrs.field(init=False, repr=False, eq=False)
 
     @_full_jitter.default

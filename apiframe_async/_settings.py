@@ -9,7 +9,10 @@ and what it allows; they never repeat the key.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
+import attrs
 import httpx
 
 from ._errors import RequestValidationError
@@ -67,3 +70,27 @@ def checked_count(value: object, field: str, *, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise RequestValidationError(field, f"{value!r} is not valid", allowed=f"int >= {minimum}")
     return value
+
+
+def number_field(
+    minimum: float, *, strictly: bool = False, below: float | None = None, integer: bool = False
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """An attrs validator: a finite number (an int if `integer`) in the given range.
+
+    The policies' fields are settings too: a bad one is a `RequestValidationError` naming
+    the field, like every other bad setting.
+    """
+    bound = f"> {minimum:g}" if strictly else f">= {minimum:g}"
+    allowed = f"{'int' if integer else 'a number'} {bound}"
+    if below is not None:
+        allowed += f" and < {below:g}"
+
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        kinds = int if integer else int | float
+        if isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value):
+            low_ok = value > minimum if strictly else value >= minimum
+            if low_ok and (below is None or value < below):
+                return
+        raise RequestValidationError(attribute.name, f"{value!r} is not valid", allowed=allowed)
+
+    return check

@@ -18,6 +18,7 @@ import attrs
 
 from ._errors import NotFoundError, TaskFailedError, TaskTimeoutError
 from ._models import Task, TaskBatch
+from ._settings import number_field
 
 #: Polls in a row that a task may be missing from the server's answer before the wait
 #: gives up on it with `NotFoundError`.
@@ -39,13 +40,11 @@ class PollPolicy:
         deadline: Seconds a wait may take in all before `TaskTimeoutError`.
     """
 
-    initial_interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-    max_interval: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
-    multiplier: float = attrs.field(default=1.5, validator=attrs.validators.ge(1))
-    jitter: float = attrs.field(
-        default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
-    )
-    deadline: float = attrs.field(default=900.0, validator=attrs.validators.gt(0))
+    initial_interval: float = attrs.field(default=1.0, validator=number_field(0, strictly=True))
+    max_interval: float = attrs.field(default=10.0, validator=number_field(0, strictly=True))
+    multiplier: float = attrs.field(default=1.5, validator=number_field(1))
+    jitter: float = attrs.field(default=0.1, validator=number_field(0, below=1))
+    deadline: float = attrs.field(default=900.0, validator=number_field(0, strictly=True))
 
     def base_interval(self, poll_number: int) -> float:
         """Seconds before poll number `poll_number` (0-based), before jitter."""

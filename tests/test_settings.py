@@ -10,6 +10,7 @@ import pytest
 from apiframe_async import (
     APITimeoutError,
     AsyncApiframe,
+    PollPolicy,
     RateLimitError,
     RequestValidationError,
     RetryPolicy,
@@ -170,3 +171,26 @@ async def test_a_view_of_a_view_keeps_the_settings_it_does_not_change(
     assert second._call_retry is not None
     assert second._call_retry.max_retries == 5
     assert client._call_retry is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "kwargs", "field"),
+    [
+        pytest.param(RetryPolicy, {"max_retries": -1}, "max_retries", id="retries"),
+        pytest.param(RetryPolicy, {"max_retries": 2.5}, "max_retries", id="retries-float"),
+        pytest.param(RetryPolicy, {"initial_backoff": 0}, "initial_backoff", id="backoff"),
+        pytest.param(RetryPolicy, {"max_backoff": float("inf")}, "max_backoff", id="inf"),
+        pytest.param(PollPolicy, {"deadline": 0}, "deadline", id="deadline"),
+        pytest.param(PollPolicy, {"jitter": 1.0}, "jitter", id="jitter"),
+        pytest.param(PollPolicy, {"multiplier": 0.5}, "multiplier", id="multiplier"),
+        pytest.param(PollPolicy, {"initial_interval": "1"}, "initial_interval", id="str"),
+    ],
+)
+def test_a_bad_policy_field_is_a_validation_error(
+    policy: type[RetryPolicy | PollPolicy], kwargs: dict[str, object], field: str
+) -> None:
+    """Policies are settings too: a RequestValidationError (a ValueError) naming the field."""
+    with pytest.raises(RequestValidationError) as caught:
+        policy(**kwargs)  # type: ignore[arg-type]
+    assert caught.value.field == field
+    assert caught.value.allowed
