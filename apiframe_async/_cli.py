@@ -11,7 +11,6 @@ import enum
 import json
 import os
 import sys
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from importlib.metadata import version
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import anyio
 import attrs
-import click
 import httpx
 import platformdirs
 import typer
@@ -42,6 +40,7 @@ from ._download import download
 from ._errors import ApiframeError
 from ._fanout import Progress, as_request
 from ._models import ASPECT_RATIOS, ETHNICITIES, GENDERS, Ethnicity, Gender, Task
+from ._terminal import escape_controls
 
 if TYPE_CHECKING:
     from .testing import FakeApiframe
@@ -60,22 +59,12 @@ out = Console()
 
 
 def plain(text: object) -> Text:
-    r"""`text` to print as it is: no rich markup, no terminal control sequences.
+    """`text` to print as it is: no rich markup, no terminal control sequences.
 
     Server messages, prompts and paths may hold `[...]` (markup to rich) or escape
-    sequences (colours, titles, cursor moves); control and format characters are shown
-    escaped (`\x1b`), so what the terminal shows is what was there.
+    sequences; a `Text` is never parsed for markup, and controls are shown escaped.
     """
-    raw = str(text)
-    if raw.isprintable():
-        return Text(raw)
-    return Text("".join(_visible(c) for c in raw))
-
-
-def _visible(char: str) -> str:
-    if char in "\n\t" or unicodedata.category(char) not in {"Cc", "Cf", "Zl", "Zp"}:
-        return char
-    return char.encode("unicode_escape").decode("ascii")
+    return Text(escape_controls(str(text)))
 
 
 def say(*parts: str | Text, console: Console | None = None) -> None:
@@ -233,8 +222,8 @@ def _run(main: Callable[[], Awaitable[T]], *, interrupted_hint: str | None = Non
     except KeyboardInterrupt:
         say(Text("interrupted", style="red"), f"; {interrupted_hint}" if interrupted_hint else "")
         raise typer.Exit(130) from None
-    except (click.exceptions.Exit, click.ClickException):
-        raise  # typer's own way out (a bad option, --help): it prints its message itself
+    except _TYPER_EXITS:
+        raise  # typer's own way out (an exit code, a bad option): it prints its message
     except _EXPECTED as exc:
         _fail(exc)
     except BaseExceptionGroup as group:
@@ -253,6 +242,13 @@ def _unexpected(exc: BaseException) -> BaseException:
 
 
 _EXPECTED = (ApiframeError, OSError)
+# click's exit and usage errors, or typer's vendored copies of them (typer >= 0.2x no
+# longer depends on click): found through names typer exports.
+_TYPER_EXITS: tuple[type[Exception], ...] = (
+    typer.Exit,
+    typer.Abort,
+    *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import httpx
 
 from ._errors import APIConnectionError, APIStatusError, ResponseValidationError
+from ._terminal import escape_controls
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -64,14 +65,8 @@ class _TerminalFormatter(logging.Formatter):
     """Shows control characters escaped: server text must not drive the terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        r"""The usual line, with `\x1b` and the like written out."""
-        text = super().format(record)
-        if text.isprintable():
-            return text
-        return "".join(
-            c if c.isprintable() or c in "\n\t" else c.encode("unicode_escape").decode()
-            for c in text
-        )
+        """The usual line, with control characters written out."""
+        return escape_controls(super().format(record))
 
 
 # -- OpenTelemetry, looked up lazily once ------------------------------------------------

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import apiframe_async
@@ -134,6 +135,27 @@ def test_a_missing_prompts_file_is_one_line(tmp_path: Path) -> None:
     result = apiframe(tmp_path, "generate-many", "[/red]prompts.txt", code=1)
     assert result.stderr.startswith("error: [Errno 2] No such file or directory")
     assert "[/red]prompts.txt" in result.stderr
+
+
+def test_typers_own_errors_keep_their_message_and_code(tmp_path: Path) -> None:
+    """A usage error raised inside a command is typer's: exit 2, its message, nothing more."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("TOKMSN man\n")
+    result = apiframe(tmp_path, "generate-many", str(prompts), "--api-key", "sk-x-123", code=2)
+    assert "--training-id is required with a real API key" in result.stderr
+    assert "unexpected" not in result.stderr
+
+
+def test_an_exit_code_from_a_command_passes_through(capsys: pytest.CaptureFixture[str]) -> None:
+    """`typer.Exit(n)` raised inside a command's async body is its exit code, no error line."""
+
+    async def main() -> None:
+        raise typer.Exit(3)
+
+    with pytest.raises(typer.Exit) as caught:
+        _cli._run(main)
+    assert caught.value.exit_code == 3
+    assert capsys.readouterr().err == ""
 
 
 def test_version(tmp_path: Path) -> None:
