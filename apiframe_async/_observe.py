@@ -124,6 +124,25 @@ def set_task_id(span: Span | None, task_id: str) -> None:
         span.set_attribute("apiframe.task_id", task_id)
 
 
+def current_span() -> Span | None:
+    """The span around the caller (a `generate()`'s, say), when tracing; else None."""
+    trace = _trace_api()
+    if trace is None or tracer() is None:
+        return None
+    span: Span = trace.get_current_span()
+    return span if span.is_recording() else None
+
+
+def status_event(span: Span | None, status: str) -> None:
+    """A task's new status, as an event on the span of the call waiting for it.
+
+    Polls of many waits go out as one `/fetch-many`, a child of one of them: this event
+    is how every waiting generation's span shows what each poll (or webhook) brought it.
+    """
+    if span is not None:
+        span.add_event("apiframe.task_status", {"apiframe.task_status": status})
+
+
 def retry_event(attempt: int, wait: float, error: BaseException | None) -> None:
     """A retry, as an event on the current span (the operation's, when there is one)."""
     trace = _trace_api()

@@ -12,13 +12,18 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
 
 from ._errors import NotFoundError, TaskFailedError, TaskTimeoutError
 from ._models import Task, TaskBatch
+from ._observe import current_span, status_event
 from ._settings import number_field
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 #: Polls in a row that a task may be missing from the server's answer before the wait
 #: gives up on it with `NotFoundError`.
@@ -72,6 +77,8 @@ class _Waiter:
     missing: int = 0
     latest: Task | None = None
     updated: anyio.Event = attrs.Factory(anyio.Event)
+    #: The waiting call's span when tracing, which each new status is told to.
+    span: Span | None = None
 
 
 class Poller:
@@ -106,7 +113,8 @@ class Poller:
             NotFoundError: The server did not know the task, several polls in a row.
         """
         limit = self.policy.deadline if deadline is None else deadline
-        waiter = _Waiter(task_id, time.monotonic() + self.policy.interval(0), on_progress)
+        due = time.monotonic() + self.policy.interval(0)
+        waiter = _Waiter(task_id, due, on_progress, span=current_span())
         self._waiters.setdefault(task_id, []).append(waiter)
         try:
             with anyio.move_on_after(limit):
@@ -124,6 +132,7 @@ class Poller:
     def deliver(self, task: Task) -> None:
         """Hand a fresh result (from a poll or a webhook) to everyone waiting for it."""
         for waiter in self._waiters.get(task.task_id, ()):
+            status_event(waiter.span, str(task.status))
             waiter.latest = task
             waiter.missing = 0
             waiter.updated.set()

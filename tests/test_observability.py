@@ -222,7 +222,14 @@ async def test_a_generate_is_a_parent_span_over_its_requests(
     (parent,) = _by_name(finished, "apiframe.generate")
     assert parent.attributes is not None
     assert parent.attributes["apiframe.task_id"] == gen.task_id
-    assert [e.name for e in parent.events] == ["retry"]
+    assert parent.events[0].name == "retry"
+    statuses = [
+        e.attributes["apiframe.task_status"]
+        for e in parent.events
+        if e.name == "apiframe.task_status" and e.attributes is not None
+    ]
+    assert statuses[-1] == "finished"
+    assert set(statuses[:-1]) <= {"processing"}
     children = [s for s in finished if s.parent and s.parent.span_id == parent.context.span_id]
     names = [s.name for s in children]
     assert names[:2] == ["POST /ai-photo-generate", "POST /ai-photo-generate"]
@@ -308,3 +315,20 @@ async def test_a_cancelled_request_ends_its_spans_and_leaves_no_context(
     (request,) = _by_name(finished, "POST /ai-photo-generate")
     assert request.attributes is not None
     assert request.attributes["error.type"] in {"CancelledError", "Cancelled"}
+
+
+async def test_a_batched_poll_tells_every_waiting_generation(spans: InMemorySpanExporter) -> None:
+    """One `/fetch-many` for three waits: each generate span gets its task's new status."""
+    fake = FakeApiframe(api_key=KEY, generate_fetches=1)
+    slow = PollPolicy(initial_interval=0.05, max_interval=0.05, jitter=0, deadline=5.0)
+    async with AsyncApiframe(KEY, http_client=fake.client(), poll=slow) as client:
+        model = fake.add_trained_model()
+        requests = [{"training_id": model, "prompt": f"TOKMSN man {i}"} for i in range(3)]
+        outcomes = await client.generate_all(requests)
+    assert all(o.ok for o in outcomes)
+    finished = spans.get_finished_spans()
+    assert _by_name(finished, "POST /fetch-many")  # usually one, for all three
+    parents = _by_name(finished, "apiframe.generate")
+    for parent in parents:
+        events = [e.attributes for e in parent.events if e.name == "apiframe.task_status"]
+        assert events == [{"apiframe.task_status": "finished"}]
