@@ -62,11 +62,14 @@ from ._models import (
     TrainRequest,
     UploadRequest,
 )
+from ._observe import configure_from_env as _configure_logging_from_env
 from ._retry import RetryPolicy
 from ._waiting import PollPolicy
 from ._webhooks import WEBHOOK_SECRET_HEADER, WebhookReceiver, parse_webhook, verify_webhook
 
 __version__ = _version("apiframe-async")
+
+_configure_logging_from_env()
 
 __all__ = [
     "ASPECT_RATIOS",

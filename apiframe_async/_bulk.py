@@ -18,7 +18,7 @@ from anyio.abc import TaskGroup
 
 from ._client import AsyncApiframe
 from ._download import SavedPhotos, save_photos, saved_so_far
-from ._errors import BudgetExceededError, RequestValidationError
+from ._errors import ApiframeError, BudgetExceededError, RequestValidationError
 from ._fanout import Outcome, Progress, RequestLike, as_request
 from ._journal import UncertainPolicy
 from ._models import GenerateRequest, Generation
@@ -107,6 +107,8 @@ class BulkSummary:
         credits: Credits spent, or possibly spent, by this run (see `Outcome.credits`).
         over_budget: Prompts not sent because they would have passed `max_credits`
             (counted in `failed`; a resumed job with a larger budget sends them).
+        stopped_by: The refusal (401, 402 or 403) after which the job sent no more paid
+            requests, if one came; the prompts left are failed with `NotSentError`.
     """
 
     succeeded: int = 0
@@ -115,6 +117,7 @@ class BulkSummary:
     failed_downloads: int = 0
     credits: int = 0
     over_budget: int = 0
+    stopped_by: ApiframeError | None = None
 
 
 def _error_entry(error: Exception) -> dict[str, str]:
@@ -142,9 +145,15 @@ class _Saver:
     """Saves each outcome's photos and writes its manifest line, exactly once."""
 
     def __init__(
-        self, out_dir: str | os.PathLike[str], manifest: IO[str], http: httpx.AsyncClient
+        self,
+        out_dir: str | os.PathLike[str],
+        manifest: IO[str],
+        http: httpx.AsyncClient,
+        *,
+        allow_private_addresses: bool,
     ) -> None:
         self.summary = BulkSummary()
+        self._allow_private_addresses = allow_private_addresses
         self._out_dir = out_dir
         self._manifest = manifest
         self._http = http
@@ -164,7 +173,12 @@ class _Saver:
         try:
             saved = SavedPhotos([], [])
             if outcome.result is not None:
-                saved = await save_photos(outcome.result, self._out_dir, http_client=self._http)
+                saved = await save_photos(
+                    outcome.result,
+                    self._out_dir,
+                    http_client=self._http,
+                    allow_private_addresses=self._allow_private_addresses,
+                )
         finally:
             self._slots.release()
         self._record(outcome, saved)
@@ -204,6 +218,7 @@ async def run_bulk_job(
     journal: str | os.PathLike[str] | None = None,
     on_uncertain: UncertainPolicy = "skip",
     max_credits: int | None = None,
+    allow_private_addresses: bool = False,
 ) -> BulkSummary:
     """Generate for every request, save the photos into `out_dir`, write the manifest.
 
@@ -213,13 +228,15 @@ async def run_bulk_job(
     (`null`, or its type and message). A photo that cannot be saved never stops the job.
     With a `journal`, a rerun pays only for what is not done yet (see `Journal`), and
     fetches only the photos not saved yet. `max_credits` caps what the job may spend.
+    Photos are fetched only from public addresses (see `download()`), unless
+    `allow_private_addresses`.
 
     If the job is cancelled (Ctrl-C), every result already received is still written to
     the manifest before the cancellation goes on. If `requests` raises, the generations
     already sent end and are saved first, then the error is raised.
     """
     http = download_client or httpx.AsyncClient(follow_redirects=True)
-    saver = _Saver(out_dir, manifest, http)
+    saver = _Saver(out_dir, manifest, http, allow_private_addresses=allow_private_addresses)
     job = client.generate_many(
         requests,
         concurrency=concurrency,
@@ -242,6 +259,7 @@ async def run_bulk_job(
                 raise input_error
     finally:
         saver.record_stopped(job.take_received())
+        saver.summary.stopped_by = job.progress.stopped_by
         if download_client is None:
             with anyio.CancelScope(shield=True):
                 await http.aclose()

@@ -14,12 +14,14 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import anyio
 import attrs
 import httpx
+import platformdirs
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -41,6 +43,10 @@ from ._errors import ApiframeError
 from ._fanout import Progress, as_request
 from ._models import ASPECT_RATIOS, ETHNICITIES, GENDERS, Ethnicity, Gender, GenerateRequest, Task
 from ._pricing import generation_cost
+from ._terminal import escape_controls
+
+if TYPE_CHECKING:
+    from .testing import FakeApiframe
 
 T = TypeVar("T")
 
@@ -53,6 +59,54 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 out = Console()
+
+
+def plain(text: object) -> Text:
+    """`text` to print as it is: no rich markup, no terminal control sequences.
+
+    Server messages, prompts and paths may hold `[...]` (markup to rich) or escape
+    sequences; a `Text` is never parsed for markup, and controls are shown escaped.
+    """
+    return Text(escape_controls(str(text)))
+
+
+def say(*parts: str | Text, console: Console | None = None) -> None:
+    """Print a line of styled parts (`Text`) and untrusted text (`str`, shown literally)."""
+    line = Text()
+    for part in parts:
+        line.append(part if isinstance(part, Text) else plain(part))
+    (console or err).print(line, highlight=False)
+
+
+def _show_version(value: bool) -> None:  # noqa: FBT001 -- typer's callback for a flag
+    if value:
+        say(f"apiframe-async {version('apiframe-async')}", console=out)
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+    fake_state: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="APIFRAME_FAKE_STATE",
+            show_envvar=True,
+            help="Where the built-in fake keeps its state between commands "
+            "(default: in the user's cache folder).",
+        ),
+    ] = None,
+) -> None:
+    """APIFRAME AI Photos from the command line. With no API key, runs on a built-in fake."""
+    _fake_state_option.clear()
+    if fake_state is not None:
+        _fake_state_option.append(fake_state)
+
 
 ApiKey = Annotated[
     str | None,
@@ -85,6 +139,8 @@ class Session:
     client: AsyncApiframe
     images: httpx.AsyncClient
     trained_model: str | None
+    #: Photos come from the built-in fake, in-process: no address is off limits.
+    local: bool = False
 
 
 @contextlib.asynccontextmanager
@@ -105,31 +161,91 @@ async def _session(
         "(nothing is charged; photos are drawn locally).[/]"
     )
     fake = FakeApiframe(fetches_to_finish=2)
-    async with (
-        fake,
-        fake.client() as api_http,
-        fake.client() as images,
-        AsyncApiframe(
-            fake.api_key, http_client=api_http, max_concurrency=max_concurrency
-        ) as client,
-    ):
-        yield Session(client, images, fake.add_trained_model(training_id=DEMO_TRAINING_ID))
+    state_file = fake_state_path()
+    model = _restore_fake(fake, state_file)
+    try:
+        async with (
+            fake,
+            fake.client() as api_http,
+            fake.client() as images,
+            AsyncApiframe(
+                fake.api_key, http_client=api_http, max_concurrency=max_concurrency
+            ) as client,
+        ):
+            yield Session(client, images, model, local=True)
+    finally:
+        # Whatever happened, what the fake did is kept: the next command carries on.
+        _save_fake(fake, state_file)
 
 
-def _run(main: Callable[[], Awaitable[T]]) -> T:
-    """Run `main`; turn every expected failure into one line and a non-zero exit."""
+#: Where the built-in fake keeps its state between commands (default: the user's cache).
+FAKE_STATE_ENV = "APIFRAME_FAKE_STATE"
+_fake_state_option: list[Path] = []
+
+
+def fake_state_path() -> Path:
+    """`--fake-state`, else `$APIFRAME_FAKE_STATE`, else a file in the user's cache folder."""
+    if _fake_state_option:
+        return _fake_state_option[-1]
+    if os.environ.get(FAKE_STATE_ENV):
+        return Path(os.environ[FAKE_STATE_ENV])
+    return platformdirs.user_cache_path("apiframe-async") / "fake-state.json"
+
+
+def _restore_fake(fake: FakeApiframe, path: Path) -> str:
+    """Load the fake's earlier state if there is one; return the demo model's id."""
+    try:
+        fake.restore(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        say(
+            Text("warning: ", style="yellow"),
+            f"the fake's state in {path} is unusable ({exc}); starting afresh",
+        )
+    trainings = fake.task_ids("/ai-photo-train")
+    # The first training of a state is the demo model, made when the state was; its id is
+    # the same in every fresh state, so that a journal of the no-key job resumes.
+    return str(trainings[0]) if trainings else fake.add_trained_model(training_id=DEMO_TRAINING_ID)
+
+
+def _save_fake(fake: FakeApiframe, path: Path) -> None:
+    """Write the state atomically (a temporary file renamed into place), private to the user."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(fake.state(), file)
+        partial.replace(path)
+    except OSError as exc:
+        say(Text("warning: ", style="yellow"), f"could not keep the fake's state in {path}: {exc}")
+
+
+def _run(main: Callable[[], Awaitable[T]], *, interrupted_hint: str | None = None) -> T:
+    """Run `main`; turn every failure into one line and a non-zero exit, never a traceback."""
     try:
         return anyio.run(main)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/]")
+        say(Text("interrupted", style="red"), f"; {interrupted_hint}" if interrupted_hint else "")
         raise typer.Exit(130) from None
+    except _TYPER_EXITS:
+        raise  # typer's own way out (an exit code, a bad option): it prints its message
     except _EXPECTED as exc:
         _fail(exc)
     except BaseExceptionGroup as group:
         expected, unexpected = group.split(_EXPECTED)
         if unexpected is not None or expected is None:
-            raise
+            _fail(*(_unexpected(e) for e in _leaves(group)))
         _fail(*_leaves(expected))
+    except Exception as exc:  # noqa: BLE001 -- a bug of ours still gets one line, no traceback
+        _fail(_unexpected(exc))
+
+
+def _unexpected(exc: BaseException) -> BaseException:
+    if isinstance(exc, _EXPECTED):
+        return exc
+    return RuntimeError(f"unexpected {type(exc).__name__}: {exc} (please report this)")
 
 
 class JobRefusedError(Exception):
@@ -137,6 +253,13 @@ class JobRefusedError(Exception):
 
 
 _EXPECTED = (ApiframeError, OSError, JobRefusedError)
+# click's exit and usage errors, or typer's vendored copies of them (typer >= 0.2x no
+# longer depends on click): found through names typer exports.
+_TYPER_EXITS: tuple[type[Exception], ...] = (
+    typer.Exit,
+    typer.Abort,
+    *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -149,7 +272,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
 
 def _fail(*errors: BaseException) -> NoReturn:
     for exc in errors:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        say(Text("error: ", style="red"), str(exc))
     raise typer.Exit(1)
 
 
@@ -191,7 +314,7 @@ def _most_it_can_cost(requests: list[GenerateRequest], max_credits: int | None) 
 async def _check_balance(client: AsyncApiframe, most: int, *, allow_over: bool) -> None:
     """Show what the job may cost against the balance; refuse what the balance cannot pay."""
     balance = (await client.account()).credits
-    err.print(f"this job costs at most {most} credits; the account has {balance}", highlight=False)
+    say(f"this job costs at most {most} credits; the account has {balance}")
     if most > balance and not allow_over:
         raise JobRefusedError(
             f"the job may cost {most} credits and the account has {balance}: "
@@ -232,10 +355,10 @@ async def _stoppable(job: Callable[[], Awaitable[T]]) -> T | signal.Signals:
 
 
 def _stopped(signum: signal.Signals) -> NoReturn:
-    err.print(
-        f"[red]stopped by {signum.name}[/]: what was received is in the manifest; "
+    say(
+        Text(f"stopped by {signum.name}", style="red"),
+        ": what was received is in the manifest; "
         "run the same command again with --journal to resume",
-        highlight=False,
     )
     raise typer.Exit(128 + signum.value)
 
@@ -246,6 +369,12 @@ def _summary_line(summary: BulkSummary, out_dir: Path, manifest_path: Path) -> s
         f"{summary.files} photos in {out_dir}/, {summary.credits} credits spent; "
         f"manifest: {manifest_path}"
     )
+    if summary.stopped_by is not None:
+        line += (
+            f"; stopped sending after {type(summary.stopped_by).__name__}: "
+            f"{summary.stopped_by}; fix the key or the balance and run the same command "
+            "again with --journal to send the rest"
+        )
     if summary.over_budget:
         line += (
             f"; {summary.over_budget} prompts not sent, over --max-credits: run the same "
@@ -348,15 +477,36 @@ def generate_many(
                         journal=journal,
                         on_uncertain=on_uncertain.value,
                         max_credits=max_credits,
+                        allow_private_addresses=session.local,
                     )
                 )
         if isinstance(ended, signal.Signals):
             _stopped(ended)
-        err.print(_summary_line(ended, out_dir, manifest_path), highlight=False)
+        say(_summary_line(ended, out_dir, manifest_path))
+        _hint_uncertain(manifest_path)
         if ended.failed:
             raise typer.Exit(1)
 
-    _run(main)
+    hint = (
+        "run the same command again to resume; requests in flight when it stopped are "
+        "skipped as possibly charged, unless you add --on-uncertain resend"
+        if journal is not None
+        else None
+    )
+    _run(main, interrupted_hint=hint)
+
+
+def _hint_uncertain(manifest_path: Path) -> None:
+    """Say how to send again what an interrupted run may have left charged, in CLI terms."""
+    with manifest_path.open(encoding="utf-8") as lines:
+        uncertain = sum('"UncertainSubmissionError"' in line for line in lines)
+    if uncertain:
+        say(
+            Text("hint: ", style="yellow"),
+            f"{uncertain} prompt(s) may already have been charged by a run that stopped "
+            "mid-request and were not sent again; check your APIFRAME dashboard, or run "
+            "the same command with --on-uncertain resend to send them anyway",
+        )
 
 
 @app.command()
@@ -389,8 +539,11 @@ def generate(
             gen = await session.client.generate(request)
             _print_json(gen)
             if out_dir is not None:
-                for path in await download(gen, out_dir, http_client=session.images):
-                    err.print(f"saved {path}", highlight=False)
+                saved = await download(
+                    gen, out_dir, http_client=session.images, allow_private_addresses=session.local
+                )
+                for path in saved:
+                    say(f"saved {path}")
 
     _run(main)
 
@@ -423,7 +576,7 @@ def upload(
 
 def _show_progress(task: Task) -> None:
     if task.percentage is not None:
-        err.print(f"{task.task_id}: {task.status} {task.percentage}%", highlight=False)
+        say(f"{task.task_id}: {task.status} {task.percentage}%")
 
 
 @app.command()
@@ -494,6 +647,20 @@ def account(api_key: ApiKey = None, base_url: BaseUrl = None) -> None:
     _run(main)
 
 
+@app.command("reset-fake")
+def reset_fake() -> None:
+    """Forget the built-in fake's tasks and credits: the next command starts afresh."""
+    path = fake_state_path()
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        say(f"the built-in fake has no state in {path}: nothing to reset")
+    except OSError as exc:
+        _fail(exc)
+    else:
+        say(f"the built-in fake's state in {path} is reset")
+
+
 @app.command("serve-fake")
 def serve_fake(
     host: str = "127.0.0.1",
@@ -504,15 +671,18 @@ def serve_fake(
     """Serve the fake APIFRAME on a local port (needs the `server` extra: uvicorn)."""
     from .testing import run_fake_server  # noqa: PLC0415 -- only for this command
 
-    err.print(f"fake APIFRAME on http://{host}:{port} (key {api_key!r}); Ctrl-C stops it")
+    say(f"fake APIFRAME on http://{host}:{port} (key {api_key!r}); Ctrl-C stops it")
     try:
         run_fake_server(host, port, api_key=api_key, seed=seed)
     except ImportError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        _fail(exc)
 
 
 def main() -> None:
     """The `apiframe` entry point."""
     os.environ.setdefault("PYTHONIOENCODING", "utf-8")
-    app()
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 -- the last line of defence against a traceback
+        say(Text("error: ", style="red"), str(_unexpected(exc)))
+        sys.exit(1)

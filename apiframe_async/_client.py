@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import ssl
@@ -14,6 +15,7 @@ import anyio
 import attrs
 import httpx
 
+from ._addresses import trust_local_origin
 from ._budget import Budget, check_max_credits
 from ._errors import (
     ApiframeError,
@@ -34,11 +36,13 @@ from ._http import (
     TRAIN,
     UPLOAD,
     BeforeSend,
+    Endpoint,
+    Reply,
     Sender,
     TimeoutTypes,
 )
 from ._images import DEFAULT_MAX_IMAGE_BYTES, ImageSource, encode_images
-from ._journal import Journal, JournaledWork, ReplayPolicy, UncertainPolicy
+from ._journal import Journal, JournaledWork, ReplayPolicy, Submit, UncertainPolicy
 from ._models import (
     MIN_IMAGES,
     Account,
@@ -54,9 +58,11 @@ from ._models import (
     UploadRequest,
 )
 from ._network import checked_proxy, checked_verify
+from ._observe import operation, set_task_id
 from ._replies import DEFAULT_MAX_RESPONSE_BYTES
 from ._retry import RetryPolicy
 from ._routing import RoutingTransport
+from ._settings import checked_api_key, checked_count, checked_timeout
 from ._waiting import Poller, PollPolicy, checked
 from ._webhooks import WebhookReceiver
 from ._wire import Wire
@@ -179,8 +185,11 @@ class AsyncApiframe:
             `SSL_CERT_FILE` and `SSL_CERT_DIR` as httpx does; `False` ignores them.
 
     Raises:
-        RequestValidationError: No key given or in the environment, a bad `base_url`,
-            `proxy` or `verify`, or network settings combined with `http_client`.
+        RequestValidationError: No key given or in the environment, a key with
+            whitespace or control characters, a bad `base_url`, `proxy` or `verify`,
+            network settings combined with `http_client`, or a setting out of range (a
+            timeout phase of zero or less, `max_retries` below 0, `max_concurrency` or
+            `max_response_bytes` below 1); the field names which.
     """
 
     def __init__(
@@ -209,14 +218,11 @@ class AsyncApiframe:
                 "no API key given and APIFRAME_API_KEY is not set",
                 allowed="AsyncApiframe(api_key=...) or the APIFRAME_API_KEY variable",
             )
-        if max_concurrency < 1:
-            raise RequestValidationError(
-                "max_concurrency", f"{max_concurrency!r} is not valid", allowed="int >= 1"
-            )
-        if isinstance(max_response_bytes, bool) or max_response_bytes < 1:
-            raise RequestValidationError(
-                "max_response_bytes", f"{max_response_bytes!r} is not valid", allowed="int >= 1"
-            )
+        checked_api_key(key)
+        checked_count(max_concurrency, "max_concurrency", minimum=1)
+        checked_count(max_response_bytes, "max_response_bytes", minimum=1)
+        if max_retries is not None:
+            checked_count(max_retries, "max_retries", minimum=0)
         borrowed_base = str(http_client.base_url).rstrip("/") if http_client is not None else ""
         # A client passed in with a base URL says where to go more plainly than the
         # environment does: the fake's `client()`, say, in a shell that also points elsewhere.
@@ -225,7 +231,7 @@ class AsyncApiframe:
         policy = retry or RetryPolicy()
         if max_retries is not None:
             policy = attrs.evolve(policy, max_retries=max_retries)
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._timeout = checked_timeout(timeout)
         self._owns_http_client = http_client is None
         own_transport = None
         if http_client is None:
@@ -239,10 +245,13 @@ class AsyncApiframe:
         self._http_client = http_client or _ApiHttpClient(
             transport=own_transport, timeout=self._timeout
         )
+        checked_base = _checked_base_url(base, allow_insecure=allow_insecure)
+        if _is_loopback(httpx.URL(checked_base).host):
+            trust_local_origin(checked_base)  # a local fake's photo URLs are its own
         self._sender = Sender(
             self._http_client,
             api_key=key,
-            base_url=_checked_base_url(base, allow_insecure=allow_insecure),
+            base_url=checked_base,
             timeout=self._timeout,
             retry=policy,
             max_concurrency=max_concurrency,
@@ -258,6 +267,75 @@ class AsyncApiframe:
         )
         self._webhooks = webhooks
         self._unsubscribe = webhooks.subscribe(self._poller.deliver) if webhooks else None
+        if webhooks is not None:
+            self._sender.secrets.add(webhooks.secret)
+        # What a `with_options()` view changes; None: the shared sender's own.
+        self._call_timeout: httpx.Timeout | None = None
+        self._call_retry: RetryPolicy | None = None
+
+    def with_options(
+        self,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncApiframe:
+        """A view of this client with other per-request settings; nothing new is opened.
+
+        The view shares everything that has to be shared: the connection pool, the
+        client-wide concurrency limit, the pause after a 429, the polling loop (whose
+        polls keep this client's settings) and the webhook receiver. Only the requests
+        sent through the view's own methods use its `timeout` and retries. A web handler
+        uses it to fit its own deadline.
+
+        Closing a view closes nothing: `async with client.with_options(...) as view:`
+        is allowed and leaves the client open; the client's own `aclose()` (or the end
+        of its `async with`) ends every view of it too.
+
+        Example:
+            ```python
+            quick = client.with_options(timeout=5.0, max_retries=0)
+            account = await quick.account()
+            ```
+
+        Args:
+            timeout: Seconds for every phase, or an `httpx.Timeout`; None keeps this
+                client's.
+            max_retries: Retries per request; None keeps this client's count.
+            retry: A whole retry policy; `max_retries`, when given, overrides its count.
+
+        Raises:
+            RequestValidationError: A setting is not valid (the field names it).
+        """
+        view = copy.copy(self)
+        view._owns_http_client = False  # noqa: SLF001 -- a view of our own class
+        view._unsubscribe = None  # noqa: SLF001
+        if timeout is not None:
+            view._call_timeout = checked_timeout(timeout)  # noqa: SLF001
+        policy = retry or self._call_retry or self._sender.retry
+        if max_retries is not None:
+            checked_count(max_retries, "max_retries", minimum=0)
+            policy = attrs.evolve(policy, max_retries=max_retries)
+        view._call_retry = policy  # noqa: SLF001
+        return view
+
+    async def _call(
+        self,
+        endpoint: Endpoint,
+        body: object = None,
+        *,
+        timeout: TimeoutTypes = None,
+        task_id: str | None = None,
+        before_send: BeforeSend | None = None,
+    ) -> Reply:
+        return await self._sender.call(
+            endpoint,
+            body,
+            timeout=self._call_timeout if timeout is None else timeout,
+            task_id=task_id,
+            before_send=before_send,
+            retry=self._call_retry,
+        )
 
     def __repr__(self) -> str:
         """Name the server, never the key."""
@@ -374,17 +452,27 @@ class AsyncApiframe:
     async def _generate(
         self, request: GenerateRequest, *, timeout: TimeoutTypes = None
     ) -> Generation:
-        return await self._complete(await self._submit(request, timeout=timeout))
+        return await self._generate_with(self._submit, request, timeout=timeout)
+
+    async def _generate_with(
+        self, submit: Submit, request: GenerateRequest, *, timeout: TimeoutTypes = None
+    ) -> Generation:
+        # One span (when tracing) over the submission and every poll of this generation.
+        with operation("apiframe.generate") as span:
+            task = await submit(request, timeout=timeout)
+            set_task_id(span, task.task_id)
+            return await self._complete(task)
 
     async def _submit(
         self,
         request: GenerateRequest,
+        /,
         *,
         timeout: TimeoutTypes = None,
         before_send: BeforeSend | None = None,
     ) -> Task:
         """The paid step: POST the generation; its answer, finished or with a task to wait on."""
-        reply = await self._sender.call(
+        reply = await self._call(
             GENERATE, self._wire.body(request), timeout=timeout, before_send=before_send
         )
         task = reply.parse(self._wire.task)
@@ -507,7 +595,7 @@ class AsyncApiframe:
             requests = [as_request(item) for item in requests]
 
         async def work_unclaimed(request: GenerateRequest, _claim: object) -> Generation:
-            return await self._complete(await submit(request))
+            return await self._generate_with(submit, request)
 
         work: Work[Generation] = work_unclaimed
         options: dict[str, Any] = {}
@@ -575,9 +663,7 @@ class AsyncApiframe:
             NotFoundError: The server knows no such task.
         """
         _check_task_id(task_id)
-        reply = await self._sender.call(
-            FETCH, {"task_id": task_id}, timeout=timeout, task_id=task_id
-        )
+        reply = await self._call(FETCH, {"task_id": task_id}, timeout=timeout, task_id=task_id)
         return reply.parse(lambda data: self._wire.task(data, task_id=task_id))
 
     async def fetch_many(self, task_ids: Iterable[str]) -> TaskBatch:
@@ -622,7 +708,7 @@ class AsyncApiframe:
                 return [await self.fetch(ids[0])]
             except NotFoundError:
                 return []
-        reply = await self._sender.call(FETCH_MANY, {"task_ids": ids})
+        reply = await self._call(FETCH_MANY, {"task_ids": ids})
         return reply.parse(self._wire.tasks)
 
     async def wait(
@@ -712,7 +798,7 @@ class AsyncApiframe:
         )
         photos = await encode_images(images, max_bytes=max_image_bytes)
         request = attrs.evolve(fields_only, images=photos)
-        reply = await self._sender.call(UPLOAD, self._wire.body(request), timeout=timeout)
+        reply = await self._call(UPLOAD, self._wire.body(request), timeout=timeout)
         return reply.parse(lambda data: self._wire.structure(data, SubmittedTask))
 
     async def train(
@@ -751,12 +837,14 @@ class AsyncApiframe:
             webhook_url=hook_url,
             webhook_secret=hook_secret,
         )
-        reply = await self._sender.call(TRAIN, self._wire.body(request), timeout=timeout)
+        reply = await self._call(TRAIN, self._wire.body(request), timeout=timeout)
         return reply.parse(lambda data: self._wire.structure(data, SubmittedTask))
 
     def _webhook_defaults(
         self, url: str | None, secret: str | None
     ) -> tuple[str | None, str | None]:
+        # A secret sent along is redacted from the replies' error text, as the key is.
+        self._sender.secrets.add(secret)
         receiver = self._webhooks
         if url is None and receiver is not None and receiver.url is not None:
             return receiver.url, secret if secret is not None else receiver.secret
@@ -764,7 +852,7 @@ class AsyncApiframe:
 
     async def account(self, *, timeout: TimeoutTypes = None) -> Account:
         """The account behind the key: email, credits left, images made, plan."""
-        reply = await self._sender.call(ACCOUNT, timeout=timeout)
+        reply = await self._call(ACCOUNT, timeout=timeout)
         return reply.parse(lambda data: self._wire.structure(data, Account))
 
 

@@ -20,6 +20,7 @@ import anyio.to_thread
 import attrs
 import httpx
 
+from ._addresses import AddressGuard, send_guarded
 from ._errors import APIConnectionError, ApiframeError, APITimeoutError, DownloadError
 from ._models import Generation, Task
 from ._retry import RetryPolicy, call_with_retries
@@ -131,13 +132,19 @@ _HTTPX_FAILURES = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError)
 
 
 async def _stream_to_file(
-    http: httpx.AsyncClient, url: str, folder: Path, stem: str, max_bytes: int
+    http: httpx.AsyncClient,
+    url: str,
+    folder: Path,
+    stem: str,
+    max_bytes: int,
+    *,
+    guard: AddressGuard | None = None,
 ) -> Path:
     try:
         request = http.build_request("GET", url, timeout=_DOWNLOAD_TIMEOUT)
         # Whatever the client's defaults, the key never travels to an image host.
         request.headers.pop("authorization", None)
-        response = await http.send(request, stream=True)
+        response = await send_guarded(http, request, guard)
     except _HTTPX_FAILURES as exc:
         raise _translated(exc, url, "download failed") from exc
     try:
@@ -177,6 +184,7 @@ async def _save_one(
     *,
     max_bytes: int,
     policy: RetryPolicy,
+    guard: AddressGuard | None,
 ) -> Path:
     """The photo's path: already saved, or fetched now (retried as a free request)."""
     existing = await anyio.to_thread.run_sync(_existing, folder, stem)
@@ -184,7 +192,7 @@ async def _save_one(
         return existing
 
     async def fetch() -> Path:
-        return await _stream_to_file(http, url, folder, stem, max_bytes)
+        return await _stream_to_file(http, url, folder, stem, max_bytes, guard=guard)
 
     return await call_with_retries(policy, fetch, paid=False)
 
@@ -196,6 +204,7 @@ async def download(
     http_client: httpx.AsyncClient | None = None,
     max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     retry: RetryPolicy | None = None,
+    allow_private_addresses: bool = False,
 ) -> list[Path]:
     """Save the photos of a result into `folder`; returns their paths, in order.
 
@@ -216,19 +225,26 @@ async def download(
             one is made and closed if none is given.
         max_bytes: The largest photo accepted.
         retry: How failed fetches are retried (downloads are safe to retry).
+        allow_private_addresses: Fetch from loopback, private and link-local addresses
+            too. By default a photo URL (or a redirect) whose host resolves to one is
+            refused, unless it is at the loopback base URL of a client (the fake's).
 
     Raises:
         DownloadError: Not an image, too large, a name that would leave the folder, a URL
-            that cannot be fetched, a redirect loop, or a body that cannot be decoded.
+            that cannot be fetched, a redirect loop, a body that cannot be decoded, or a
+            host that is not a public address.
         APIStatusError: The image host answered with an error status.
         APIConnectionError: The image host could not be reached or broke off.
     """
     target_folder = await anyio.to_thread.run_sync(_prepared, folder)
     policy = retry or RetryPolicy()
+    guard = None if allow_private_addresses else AddressGuard()
     http = http_client or httpx.AsyncClient(follow_redirects=True)
     try:
         return [
-            await _save_one(http, url, target_folder, stem, max_bytes=max_bytes, policy=policy)
+            await _save_one(
+                http, url, target_folder, stem, max_bytes=max_bytes, policy=policy, guard=guard
+            )
             for url, stem in _jobs(result)
         ]
     finally:
@@ -251,14 +267,16 @@ async def save_photos(
     http_client: httpx.AsyncClient,
     max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     retry: RetryPolicy | None = None,
+    allow_private_addresses: bool = False,
 ) -> SavedPhotos:
     """Save every photo of `result` that can be saved; a photo that cannot is a failure.
 
     Unlike `download()`, one photo failing does not stop the others, and every failure,
-    whatever its cause (the host's status, a broken connection, a bad URL, a full disk), is
-    a `DownloadError` naming the photo's URL, chained to the cause.
+    whatever its cause (the host's status, a broken connection, a bad URL, a refused
+    address, a full disk), is a `DownloadError` naming the photo's URL, chained to the cause.
     """
     policy = retry or RetryPolicy()
+    guard = None if allow_private_addresses else AddressGuard()
     saved = SavedPhotos([], [])
     try:
         target_folder = await anyio.to_thread.run_sync(_prepared, folder)
@@ -268,7 +286,13 @@ async def save_photos(
     for url, stem in _jobs(result):
         try:
             path = await _save_one(
-                http_client, url, target_folder, stem, max_bytes=max_bytes, policy=policy
+                http_client,
+                url,
+                target_folder,
+                stem,
+                max_bytes=max_bytes,
+                policy=policy,
+                guard=guard,
             )
         except DownloadError as exc:
             saved.failures.append(exc)
@@ -288,10 +312,12 @@ async def download_all(
     concurrency: int = 8,
     http_client: httpx.AsyncClient | None = None,
     max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    allow_private_addresses: bool = False,
 ) -> list[list[Path]]:
     """Save the photos of many results, `concurrency` results at a time, in input order.
 
-    Raises the first failure, after cancelling the rest.
+    Raises the first failure, after cancelling the rest. `allow_private_addresses` is
+    as for `download()`.
     """
     items = list(results)
     saved: list[list[Path]] = [[] for _ in items]
@@ -300,7 +326,13 @@ async def download_all(
 
     async def one(index: int, result: Generation | Task) -> None:
         async with limiter:
-            saved[index] = await download(result, folder, http_client=http, max_bytes=max_bytes)
+            saved[index] = await download(
+                result,
+                folder,
+                http_client=http,
+                max_bytes=max_bytes,
+                allow_private_addresses=allow_private_addresses,
+            )
 
     try:
         async with anyio.create_task_group() as tg:

@@ -201,6 +201,7 @@ class AdaptiveLimit:
             if self._successes >= self.current:
                 self._successes = 0
                 self._set(self.current + 1)
+                logger.info("no pushback for a window: concurrency raised to %d", self.current)
 
 
 def as_request(item: object) -> GenerateRequest:

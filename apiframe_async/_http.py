@@ -19,6 +19,7 @@ import anyio
 import attrs
 import httpx
 
+from ._charges import Charge, charge_of
 from ._errors import (
     APIConnectionError,
     ApiframeError,
@@ -26,8 +27,10 @@ from ._errors import (
     ClientClosedError,
     ResponseValidationError,
 )
+from ._observe import Exchange, warn_uncertain
 from ._replies import ACCEPT_ENCODING, DEFAULT_MAX_RESPONSE_BYTES, read_reply
 from ._retry import RetryPolicy, call_with_retries
+from ._secrets import Redactor
 from ._status import status_error
 
 logger = logging.getLogger("apiframe_async")
@@ -138,6 +141,10 @@ class Sender:
             "User-Agent": user_agent,
         }
         self._urls: dict[str, httpx.URL] = {}
+        #: Cleans error text of the key and of every webhook secret the client sends: a
+        #: server that quotes them back must not put them in our errors.
+        self.secrets = Redactor(api_key)
+        self._redact = self.secrets
         self._limiter: anyio.Semaphore | None = None
         # What httpx would merge into each request of our own client, merged once; Host
         # first, where httpx puts it.
@@ -186,19 +193,34 @@ class Sender:
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
         before_send: BeforeSend | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Reply:
-        """Send `body` to `endpoint` with this client's retry rules; return the reply.
+        """Send `body` to `endpoint` with the retry rules (this sender's by default).
 
         `before_send` is awaited before each attempt's bytes leave, once its slot is held.
         """
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
 
+        attempts = 0
+
         async def attempt() -> Reply:
+            nonlocal attempts
+            attempts += 1
             return await self.send_once(
-                endpoint, content, timeout=timeout, task_id=task_id, before_send=before_send
+                endpoint,
+                content,
+                timeout=timeout,
+                task_id=task_id,
+                before_send=before_send,
+                attempt=attempts,
             )
 
-        return await call_with_retries(self.retry, attempt, paid=endpoint.paid)
+        try:
+            return await call_with_retries(retry or self.retry, attempt, paid=endpoint.paid)
+        except ApiframeError as exc:
+            if endpoint.paid and charge_of(exc) is Charge.UNCERTAIN:
+                warn_uncertain(endpoint.method, endpoint.path, exc)
+            raise
 
     async def send_once(
         self,
@@ -208,6 +230,7 @@ class Sender:
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
         before_send: BeforeSend | None = None,
+        attempt: int = 1,
     ) -> Reply:
         """One attempt, no retry: wait out any 429 pause, then send within the limit."""
         if self.closed:
@@ -222,11 +245,15 @@ class Sender:
             if before_send is not None:
                 # Last thing before the bytes go: what it marks in flight may really be.
                 await before_send()
-            try:
-                response = await self._send(request, method, url)
-            except httpx.HTTPError as exc:
-                raise translated(exc, method=method, url=url) from exc
-        logger.debug("%s %s -> %d", method, url, response.status_code)
+            # The DEBUG record and the CLIENT span of this attempt.
+            with Exchange(
+                method, endpoint.path, request.url, attempt=attempt, task_id=task_id
+            ) as seen:
+                try:
+                    response = await self._send(request, method, url)
+                except httpx.HTTPError as exc:
+                    raise translated(exc, method=method, url=url) from exc
+                seen.response = response
         if response.is_success:
             return Reply(_decode(response, method, url, self._redact), response, self._redact)
         error = status_error(response, method=method, url=url, task_id=task_id, redact=self._redact)
@@ -234,10 +261,6 @@ class Sender:
             self.pushbacks += 1
             self._pause_for(error.retry_after)
         raise error
-
-    def _redact(self, text: str) -> str:
-        # A server that quotes the key back ("invalid key abc...") must not put it in our errors.
-        return text.replace(self._headers["Authorization"], "[redacted]")
 
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)

@@ -52,7 +52,7 @@ from ._errors import (
     UncertainSubmissionError,
 )
 from ._fanout import Replay
-from ._http import BeforeSend
+from ._http import BeforeSend, TimeoutTypes
 from ._models import GenerateRequest, Generation, Task, TaskStatus
 
 UncertainPolicy = Literal["skip", "resend"]
@@ -107,7 +107,12 @@ class Submit(Protocol):
     """The paid step of a generation: POST it, return the server's answer."""
 
     def __call__(
-        self, request: GenerateRequest, /, *, before_send: BeforeSend | None = None
+        self,
+        request: GenerateRequest,
+        /,
+        *,
+        timeout: TimeoutTypes = None,
+        before_send: BeforeSend | None = None,
     ) -> Awaitable[Task]:
         """Send `request`, awaiting `before_send` right before each attempt's bytes leave."""
         ...

@@ -29,6 +29,8 @@ import tenacity
 
 from ._charges import never_left, turned_away
 from ._errors import APIConnectionError, ApiframeError, APIStatusError
+from ._observe import retry_event
+from ._settings import number_field
 
 T = TypeVar("T")
 
@@ -50,10 +52,10 @@ class RetryPolicy:
             `RateLimitError` is raised with `retry_after` set.
     """
 
-    max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
-    initial_backoff: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
-    max_backoff: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    max_retry_after: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    max_retries: int = attrs.field(default=3, validator=number_field(0, integer=True))
+    initial_backoff: float = attrs.field(default=0.5, validator=number_field(0, strictly=True))
+    max_backoff: float = attrs.field(default=30.0, validator=number_field(0, strictly=True))
+    max_retry_after: float = attrs.field(default=60.0, validator=number_field(0))
     _full_jitter: tenacity.wait.wait_base = attrs.field(init=False, repr=False, eq=False)
 
     @_full_jitter.default
@@ -87,6 +89,7 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
     logger.info("retrying in %.2f s (attempt %d failed: %s)", wait, state.attempt_number, exc)
+    retry_event(state.attempt_number, wait, exc)
 
 
 async def call_with_retries(

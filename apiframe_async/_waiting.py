@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -31,6 +32,11 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._models import Task, TaskBatch
+from ._observe import current_span, status_event
+from ._settings import number_field
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 #: Polls in a row that a task may be missing from the server's answer before the wait
 #: gives up on it with `NotFoundError`.
@@ -56,13 +62,11 @@ class PollPolicy:
         deadline: Seconds a wait may take in all before `TaskTimeoutError`.
     """
 
-    initial_interval: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-    max_interval: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
-    multiplier: float = attrs.field(default=1.5, validator=attrs.validators.ge(1))
-    jitter: float = attrs.field(
-        default=0.1, validator=[attrs.validators.ge(0), attrs.validators.lt(1)]
-    )
-    deadline: float = attrs.field(default=900.0, validator=attrs.validators.gt(0))
+    initial_interval: float = attrs.field(default=1.0, validator=number_field(0, strictly=True))
+    max_interval: float = attrs.field(default=10.0, validator=number_field(0, strictly=True))
+    multiplier: float = attrs.field(default=1.5, validator=number_field(1))
+    jitter: float = attrs.field(default=0.1, validator=number_field(0, below=1))
+    deadline: float = attrs.field(default=900.0, validator=number_field(0, strictly=True))
 
     def base_interval(self, poll_number: int) -> float:
         """Seconds before poll number `poll_number` (0-based), before jitter."""
@@ -102,6 +106,8 @@ class _Waiter:
     error: ApiframeError | None = None
     fatal: bool = False
     updated: anyio.Event = attrs.Factory(anyio.Event)
+    #: The waiting call's span when tracing, which each new status is told to.
+    span: Span | None = None
 
 
 class Poller:
@@ -138,7 +144,8 @@ class Poller:
             NotFoundError: The server did not know the task, several polls in a row.
         """
         limit = self.policy.deadline if deadline is None else deadline
-        waiter = _Waiter(task_id, time.monotonic() + self.policy.interval(0), on_progress)
+        due = time.monotonic() + self.policy.interval(0)
+        waiter = _Waiter(task_id, due, on_progress, span=current_span())
         self._waiters.setdefault(task_id, []).append(waiter)
         try:
             with anyio.move_on_after(limit):
@@ -158,6 +165,7 @@ class Poller:
     def deliver(self, task: Task) -> None:
         """Hand a fresh result (from a poll or a webhook) to everyone waiting for it."""
         for waiter in self._waiters.get(task.task_id, ()):
+            status_event(waiter.span, str(task.status))
             waiter.latest = task
             waiter.missing = 0
             waiter.error = None

@@ -36,13 +36,25 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def _header(headers: Headers, name: str) -> str | None:
+def _header_bytes(headers: Headers, name: str) -> tuple[bytes, ...] | None:
     pairs: Iterable[Any] = headers.items() if isinstance(headers, Mapping) else headers
     for key, value in pairs:
         key_text = key.decode("latin-1") if isinstance(key, bytes) else str(key)
         if key_text.lower() == name:
-            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            if isinstance(value, bytes):
+                return (value,)
+            text = str(value)
+            as_sent = (text.encode("latin-1"),) if _latin1(text) else ()
+            return (*as_sent, text.encode())
     return None
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def verify_webhook(headers: Headers, secret: str) -> bool:
@@ -56,10 +68,13 @@ def verify_webhook(headers: Headers, secret: str) -> bool:
         >>> verify_webhook({}, "s3cret")
         False
     """
-    given = _header(headers, WEBHOOK_SECRET_HEADER)
+    given = _header_bytes(headers, WEBHOOK_SECRET_HEADER)
     if given is None:
         return False
-    return hmac.compare_digest(given.encode(), secret.encode())
+    # Header bytes of a non-ASCII secret are its UTF-8 (as httpx and most senders write
+    # them); frameworks hand them over decoded as latin-1, or already as text.
+    expected = secret.encode()
+    return any(hmac.compare_digest(candidate, expected) for candidate in given)
 
 
 def parse_webhook(body: bytes | str | Mapping[str, Any]) -> Task:

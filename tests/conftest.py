@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,12 @@ from apiframe_async import AsyncApiframe, PollPolicy, RetryPolicy
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each `@pytest.mark.anyio` test once per backend."""
     return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _fake_state_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's built-in fake keeps its state in the test's folder, not the user's cache."""
+    monkeypatch.setenv("APIFRAME_FAKE_STATE", str(tmp_path / "fake-state.json"))
 
 
 API_KEY = "test-key-5f1c0e"

@@ -32,6 +32,7 @@ import ast
 import doctest
 import importlib.util
 import inspect
+import logging
 import re
 import shlex
 import subprocess
@@ -180,6 +181,18 @@ def _accept_webhook(request: httpx.Request) -> httpx.Response:
 
 #: How much sooner polls come than the policy says.
 TIME_SCALE = 100
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """Examples set up logging as a program would; the tests after them start without it."""
+    ours, root = logging.getLogger("apiframe_async"), logging.getLogger()
+    saved = (ours.level, ours.handlers[:], ours.filters[:], root.level, root.handlers[:])
+    yield
+    ours.setLevel(saved[0])
+    ours.handlers[:], ours.filters[:] = saved[1], saved[2]
+    root.setLevel(saved[3])
+    root.handlers[:] = saved[4]
 
 
 @pytest.fixture(autouse=True)
@@ -518,6 +531,21 @@ def test_cli_reference_covers_every_command_and_option() -> None:
         mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", "\n".join(own_lines)))
         assert options - {"--help"} <= mentioned, f"{name}: undocumented options"
         assert mentioned <= options, f"{name}: documents options it does not have"
+
+
+def test_cli_reference_covers_the_options_before_the_command() -> None:
+    """The options of `apiframe` itself (`--version`, ...) are in the page's opening table."""
+    pytest.importorskip("typer")
+    import typer.main  # noqa: PLC0415 -- the `cli` extra
+
+    from apiframe_async._cli import app  # noqa: PLC0415 -- the `cli` extra
+
+    group = typer.main.get_command(app)
+    options = {o for param in group.params for o in param.opts if o.startswith("--")}
+    intro = (DOCS / "cli.md").read_text(encoding="utf-8").split("\n## apiframe ", 1)[0]
+    table = "\n".join(line for line in intro.splitlines() if line.startswith("|"))
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", table))
+    assert options - {"--help"} == mentioned - {"--api-key", "--base-url"}
 
 
 def test_docs_mention_no_missing_public_name() -> None:

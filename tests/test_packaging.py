@@ -85,7 +85,7 @@ def test_wheel_holds_the_package_and_its_metadata_only() -> None:
 
 @needs_wheel
 def test_wheel_metadata_is_complete() -> None:
-    """License, Python versions, classifiers, URLs and the three extras are declared."""
+    """License, Python versions, classifiers, URLs and the four extras are declared."""
     meta = _metadata()
     assert meta["Name"] == "apiframe-async"
     assert meta["Version"] == apiframe_async.__version__
@@ -99,10 +99,12 @@ def test_wheel_metadata_is_complete() -> None:
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
     assert {"Documentation", "Changelog", "Source"} <= set(urls)
     assert all(url.startswith("https://") for url in urls.values())
-    assert set(meta.get_all("Provides-Extra") or []) == {"cli", "server", "testing"}
+    assert set(meta.get_all("Provides-Extra") or []) == {"cli", "server", "testing", "otel"}
     requires = meta.get_all("Requires-Dist") or []
-    for extra in ("cli", "server", "testing"):
+    for extra in ("cli", "server", "testing", "otel"):
         assert any(f"extra == '{extra}'" in r or f'extra == "{extra}"' in r for r in requires)
+    otel = [r for r in requires if "otel" in r.split(";", 1)[-1]]
+    assert [re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0] for r in otel] == ["opentelemetry-api"]
     assert {"anyio", "attrs", "cattrs", "httpx", "tenacity"} <= {
         re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0] for r in requires if "extra ==" not in r
     }

@@ -17,6 +17,7 @@ import anyio
 import attrs
 import httpx
 
+from apiframe_async._addresses import trust_local_origin
 from apiframe_async.testing import _validation as v
 from apiframe_async.testing._asgi import (
     SERVICE_UNAVAILABLE_PAGE,
@@ -249,6 +250,9 @@ class FakeApiframe:
             ```
         """
         kwargs.setdefault("base_url", self.base_url)
+        # Photo URLs at this origin are served in-process: no address to guard, none to
+        # resolve (a DNS query for a name that exists nowhere may take seconds).
+        trust_local_origin(self.base_url)
         return httpx.AsyncClient(transport=InProcessTransport(self), **kwargs)
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> FakeServer:
@@ -487,6 +491,33 @@ class FakeApiframe:
     def task_ids(self, path: str | None = None) -> list[str]:
         """Ids of the tasks created (at `path`, such as `"/ai-photo-upload"`), oldest first."""
         return self._service.ids(None if path is None else _kind(path))
+
+    # -- carrying it over ------------------------------------------------------------------
+
+    def state(self) -> JSONObject:
+        """The service's state, JSON-ready: tasks, credits and generated images.
+
+        A fake made later (in another process, say) carries on from it with `restore()`,
+        as the `apiframe` command does between commands on its built-in fake. Records,
+        scripted faults and webhooks are not part of it (no webhook secret is written).
+
+        Example:
+            ```python
+            saved = json.dumps(fake.state())
+            later = FakeApiframe()
+            later.restore(json.loads(saved))
+            assert later.task_ids() == fake.task_ids()
+            ```
+        """
+        return self._service.state()
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Replace the tasks, credits and images with those of a `state()`.
+
+        Raises:
+            ValueError: `state` is not one that `state()` gave.
+        """
+        self._service.restore(state)
 
     # -- ASGI -----------------------------------------------------------------------------
 

@@ -63,4 +63,21 @@ def apiframe_fake(request: pytest.FixtureRequest) -> FakeApiframe:
 
     marker = request.node.get_closest_marker(_MARKER)
     options = dict(marker.kwargs) if marker is not None else {}
+    if "faults" in options:
+        options["faults"] = _fresh(options["faults"])
     return FakeApiframe(**options)
+
+
+def _fresh(faults: object) -> object:
+    """New `Faults` from the marker's: each test starts at the seed, whatever ran before."""
+    import attrs  # noqa: PLC0415 - keep pytest start-up light
+
+    from apiframe_async.testing import Faults  # noqa: PLC0415
+
+    # A marker's objects are shared by every test it marks (and both backends of one
+    # test): drawing from them would leave the next test mid-sequence.
+    if isinstance(faults, Faults):
+        return attrs.evolve(faults)
+    if faults is None or isinstance(faults, str | bytes):
+        return faults
+    return [attrs.evolve(f) if isinstance(f, Faults) else f for f in faults]  # type: ignore[attr-defined]

@@ -12,10 +12,11 @@ import random
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+import cattrs
 
 from apiframe_async._pricing import TRAIN_COST_PER_IMAGE, UPLOAD_COST, generation_cost
 from apiframe_async.testing import _validation as v
@@ -29,6 +30,9 @@ from apiframe_async.testing._tasks import (
     UploadDetail,
 )
 
+#: The layout of `Service.state()`; a state of another version is not restored.
+STATE_VERSION = 1
+_state_converter = cattrs.Converter(forbid_extra_keys=True)
 _FAILURES = {
     Kind.UPLOAD: "Could not detect a face in enough of the images",
     Kind.TRAIN: "Training failed",
@@ -247,6 +251,43 @@ class Service:
         """Every generation created, in order."""
         with self.lock:
             return [t.detail for t in self._tasks.values() if isinstance(t.detail, GenerateDetail)]
+
+    # -- state, to carry the fake from one process to the next -----------------------------
+
+    def state(self) -> JSONObject:
+        """Tasks, credits and images as JSON-ready data (see `restore`).
+
+        Webhooks are left out: a restored task reports to nobody, and no webhook secret
+        is ever written down.
+        """
+        with self.lock:
+            tasks = [attrs.evolve(task, webhook=None) for task in self._tasks.values()]
+            return {
+                "version": STATE_VERSION,
+                "credits": self.credits,
+                "total_images": self.total_images,
+                "tasks": _state_converter.unstructure(tasks),
+                "images": _state_converter.unstructure(self._images),
+            }
+
+    def restore(self, state: object) -> None:
+        """Take over the tasks, credits and images of `state()`, replacing the current ones.
+
+        Raises:
+            ValueError: `state` is not what `state()` writes.
+        """
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a fake state of version {STATE_VERSION}")
+        try:
+            tasks = _state_converter.structure(state["tasks"], list[Task])
+            images = _state_converter.structure(state["images"], dict[str, ImageSpec])
+            credits_, total = int(state["credits"]), int(state["total_images"])
+        except (KeyError, TypeError, ValueError, cattrs.BaseValidationError) as exc:
+            raise ValueError(f"not a usable fake state: {exc}") from None
+        with self.lock:
+            self._tasks = {task.task_id: task for task in tasks}
+            self._images = images
+            self.credits, self.total_images = credits_, total
 
     # -- internals -------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ async def post(
 ) -> WebhookDelivery:
     """POST one event; a receiver's failure is recorded, never raised."""
     secret = event.webhook.secret
-    headers = {SECRET_HEADER: secret} if secret is not None else {}
+    # UTF-8 bytes: httpx would refuse a non-ASCII secret given as text.
+    headers = {SECRET_HEADER.encode(): secret.encode()} if secret is not None else {}
     sent_at = clock()
     status, error = None, None
     try:

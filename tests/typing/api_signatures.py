@@ -147,6 +147,11 @@ async def client_lifetime(http: httpx.AsyncClient, receiver: WebhookReceiver) ->
         assert_type(entered.max_concurrency, int)
     async with AsyncApiframe(timeout=30.0):
         pass
+    view = client.with_options(timeout=5.0, max_retries=0)
+    assert_type(view, AsyncApiframe)
+    assert_type(client.with_options(timeout=httpx.Timeout(2.0), retry=RetryPolicy()), AsyncApiframe)
+    async with view as entered_view:
+        assert_type(entered_view, AsyncApiframe)
     await client.aclose()
     context = ssl.create_default_context()
     for verify in (True, False, "corp-ca.pem", Path("corp-ca.pem"), context):
@@ -330,6 +335,10 @@ async def downloads(gen: Generation, task: Task, http: httpx.AsyncClient) -> Non
     assert_type(await download(["https://cdn.example/a.png"], "photos"), list[Path])
     saved = await download_all([gen, task], "photos", concurrency=4, http_client=http)
     assert_type(saved, list[list[Path]])
+    local = await download(gen, "photos", allow_private_addresses=True)
+    assert_type(local, list[Path])
+    everything = await download_all([gen], "photos", allow_private_addresses=False)
+    assert_type(everything, list[list[Path]])
 
 
 async def webhooks(headers: Mapping[str, str], body: bytes) -> None:
@@ -451,6 +460,9 @@ async def fake_server(receiver_client: httpx.AsyncClient) -> None:
         assert_type(base_url, str)
     assert_type(server.start(), str)
     server.stop()
+    state = fake.state()
+    assert_type(state, dict[str, Any])
+    fake.restore(state)
     fake.set_faults(Faults(rate_503=0.5))
     fake.set_faults(None)
     fake.inject_fault(Fault.DROP_AFTER_WORK, path="/ai-photo-generate", times=2, retry_after=0)
