@@ -298,12 +298,18 @@ class _LiveColumn(ProgressColumn):
         return Text(f"failed {p.failed}  in flight {p.in_flight}  credits {p.credits}  {speed}")
 
 
-def _load_requests(source: str, defaults: Mapping[str, Any]) -> list[GenerateRequest]:
-    """The whole input, checked: a bad line stops the job before anything is paid for."""
-    if source == "-":
-        return load_prompts(sys.stdin, defaults)
-    with Path(source).open(encoding="utf-8") as lines:
-        return load_prompts(lines, defaults)
+def _read_lines(source: str) -> list[str]:
+    """The whole input (a file, or stdin for `-`), read before anything is sent."""
+    try:
+        if source == "-":
+            return sys.stdin.readlines()
+        with Path(source).open(encoding="utf-8") as lines:
+            return lines.readlines()
+    except OSError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        say(Text("interrupted", style="red"), " while reading the prompts: nothing was sent")
+        raise typer.Exit(130) from None
 
 
 def _most_it_can_cost(requests: list[GenerateRequest], max_credits: int | None) -> int:
@@ -354,11 +360,18 @@ async def _stoppable(job: Callable[[], Awaitable[T]]) -> T | signal.Signals:
     return stopped_by[0] if stopped_by else result[0]
 
 
-def _stopped(signum: signal.Signals) -> NoReturn:
+#: What to do after a journaled job stopped early, in the CLI's own terms.
+_RESUME_HINT = (
+    "run the same command again to resume; requests in flight when it stopped are "
+    "skipped as possibly charged, unless you add --on-uncertain resend"
+)
+
+
+def _stopped(signum: signal.Signals, *, journaled: bool) -> NoReturn:
     say(
         Text(f"stopped by {signum.name}", style="red"),
-        ": what was received is in the manifest; "
-        "run the same command again with --journal to resume",
+        ": what was received is in the manifest; ",
+        _RESUME_HINT if journaled else "add --journal to a job to be able to resume it",
     )
     raise typer.Exit(128 + signum.value)
 
@@ -428,6 +441,7 @@ def generate_many(
 ) -> None:
     """Generate photos for many prompts at once, into a folder, with a live progress bar."""
     manifest_path = manifest or out_dir / "manifest.jsonl"
+    lines = _read_lines(prompts)
 
     async def main() -> None:
         async with _session(api_key, base_url, max_concurrency=max(64, concurrency)) as session:
@@ -439,7 +453,8 @@ def generate_many(
                 defaults["number_of_images"] = number_of_images
             if aspect_ratio is not None:
                 defaults["aspect_ratio"] = aspect_ratio
-            requests = _load_requests(prompts, defaults)
+            # Every line checked: a bad one stops the job before anything is paid for.
+            requests = load_prompts(lines, defaults)
             if session.trained_model is None:  # a real key: real credits
                 most = _most_it_can_cost(requests, max_credits)
                 await _check_balance(session.client, most, allow_over=allow_over_balance)
@@ -481,19 +496,13 @@ def generate_many(
                     )
                 )
         if isinstance(ended, signal.Signals):
-            _stopped(ended)
+            _stopped(ended, journaled=journal is not None)
         say(_summary_line(ended, out_dir, manifest_path))
         _hint_uncertain(manifest_path)
         if ended.failed:
             raise typer.Exit(1)
 
-    hint = (
-        "run the same command again to resume; requests in flight when it stopped are "
-        "skipped as possibly charged, unless you add --on-uncertain resend"
-        if journal is not None
-        else None
-    )
-    _run(main, interrupted_hint=hint)
+    _run(main, interrupted_hint=_RESUME_HINT if journal is not None else None)
 
 
 def _hint_uncertain(manifest_path: Path) -> None:

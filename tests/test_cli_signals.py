@@ -62,6 +62,8 @@ def test_a_signal_mid_job_records_what_was_received(tmp_path: Path, signum: sign
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 128 + signum.value, stderr.decode()
         assert f"stopped by {signum.name}" in stderr.decode()
+        assert "--on-uncertain resend" in stderr.decode(), "the hint names the CLI option"
+        assert "on_uncertain=" not in stderr.decode()
 
         manifest = _manifest(out / "manifest.jsonl")
         states = _journal_states(book)
