@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -32,7 +33,7 @@ from ._models import (
     TrainRequest,
     UploadRequest,
 )
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, pushback_wait
 from ._transport import PooledTransport
 from ._waiting import Poller, PollPolicy, checked
 from ._webhooks import WebhookReceiver
@@ -304,9 +305,11 @@ class AsyncApiframe:
         )
 
     async def _generate(
-        self, request: GenerateRequest, *, timeout: TimeoutTypes = None
+        self, request: GenerateRequest, *, timeout: TimeoutTypes = None, retry_pushback: bool = True
     ) -> Generation:
-        reply = await self._sender.call(GENERATE, self._wire.body(request), timeout=timeout)
+        reply = await self._sender.call(
+            GENERATE, self._wire.body(request), timeout=timeout, retry_pushback=retry_pushback
+        )
         task = reply.parse(self._wire.task)
         if not task.is_terminal and not task.task_id.strip():
             raise ResponseValidationError(
@@ -393,7 +396,9 @@ class AsyncApiframe:
             _check_choice("on_uncertain", on_uncertain, get_args(UncertainPolicy))
             _check_choice("replay", replay, get_args(ReplayPolicy))
             opened = journal if isinstance(journal, Journal) else Journal(journal)
-            journaled = JournaledWork(opened, self._generate, on_uncertain=on_uncertain, key=key)
+            journaled = JournaledWork(
+                opened, self._generate_bulk, on_uncertain=on_uncertain, key=key
+            )
             work = journaled
             options = {"claim": journaled.claim, "yield_replayed": replay == "yield"}
             if opened is not journal:
@@ -406,12 +411,17 @@ class AsyncApiframe:
             fail_fast=fail_fast,
             adaptive=adaptive,
             on_progress=on_progress,
-            pushbacks=lambda: self._sender.pushbacks,
+            pushback_wait=functools.partial(pushback_wait, self._sender.retry),
             **options,
         )
 
     async def _generate_claimed(self, request: GenerateRequest, _claim: object) -> Generation:
-        return await self._generate(request)
+        return await self._generate_bulk(request)
+
+    async def _generate_bulk(self, request: GenerateRequest) -> Generation:
+        # A bulk job re-runs pushback itself, so that a turned-away request waits out its
+        # Retry-After without holding a place in the job's limit.
+        return await self._generate(request, retry_pushback=False)
 
     async def generate_all(
         self,

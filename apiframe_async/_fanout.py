@@ -8,9 +8,13 @@ How the bounds hold:
   outcome has been handed to the caller. Items pulled, in flight and waiting to be read
   therefore never exceed the window, whatever the input's size and however slowly the
   caller reads: memory is O(concurrency), ordered or not.
-- Under pressure (429, 503) an adaptive limit cuts the requests in flight by a quarter
-  (down to a quarter of `concurrency` at most), then grows back by one per window of
-  successes, never above `concurrency`.
+- Under pressure (429, 503) an adaptive limit lowers the requests in flight by one per
+  window, straight to what the server took when it refused a request sent with more in
+  flight, and grows back by one per window of successes, never above `concurrency`.
+- A request turned away (429, 503: nothing was done, nothing charged) is sent again after
+  its `Retry-After`. It keeps its place only about as long as a request takes, so that a
+  free place does not turn into a storm of 429s; then it waits out the rest without one,
+  while spare workers keep the places busy.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._errors import ApiframeError, RateLimitError, RequestValidationError, ServerError
+from ._errors import (
+    ApiframeError,
+    APIStatusError,
+    RateLimitError,
+    RequestValidationError,
+    ServerError,
+)
 from ._models import GenerateRequest
 
 logger = logging.getLogger("apiframe_async")
@@ -117,15 +127,21 @@ def _no_claim(_index: int, _request: GenerateRequest) -> None:
     return None
 
 
-class AdaptiveLimit:
-    """An AIMD bound on requests in flight: shrink on overload, grow by one per window.
+def _retry_after(error: APIStatusError, _attempt: int) -> float | None:
+    return error.retry_after or 0.0
 
-    On a 429 or 503 the limit drops to three quarters, at most once per window (as many
-    completed requests as the limit allows in flight: the requests already in flight when
-    the server pushed back tell nothing new), and never below a quarter of the ceiling:
-    the server's `Retry-After`, which pauses every request of the client, and the retry
-    backoff do the rest. Each window without pushback adds one, up to the ceiling.
-    Disabled, it is a plain fixed limit of `ceiling`.
+
+class AdaptiveLimit:
+    """An AIMD bound on requests in flight, learned from the server's pushback.
+
+    A 429 or 503 lowers the limit at most once per window (as many ended requests as the
+    limit allows in flight: those already in flight when the server pushed back tell
+    nothing new): to one less, or to one less than the requests in flight when the
+    turned-away request was sent, whichever is lower. A server that runs K at once turns
+    away only requests sent with more than K in flight, so the limit lands on K at once;
+    a rate limit or scattered 429s cost one per window. Each window of successes adds one,
+    up to the ceiling, so pushback that no backing off avoids is won back as fast as it
+    costs. Disabled, it is a plain fixed limit of `ceiling`.
     """
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
@@ -136,22 +152,32 @@ class AdaptiveLimit:
         self._current = ceiling
         self._debt = 0
         self._ceiling = ceiling
-        self._floor = max(1, ceiling // 4)
+        self._floor = 1
         self._adaptive = adaptive
         self._successes = 0
         self._since_decrease = ceiling
+        self._in_use = 0
+        self._typical = 0.0
 
     @property
     def current(self) -> int:
         """The limit now in force."""
         return self._current
 
-    async def __aenter__(self) -> None:
-        """Wait for room under the current limit."""
+    @property
+    def typical_seconds(self) -> float:
+        """How long a successful request takes, smoothed (0.0 before the first)."""
+        return self._typical
+
+    async def __aenter__(self) -> int:
+        """Wait for room under the current limit; the places in use, this one included."""
         await self._slots.acquire()
+        self._in_use += 1
+        return self._in_use
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Give the room back, unless the limit went down meanwhile."""
+        self._in_use -= 1
         if self._debt:
             self._debt -= 1
         else:
@@ -167,16 +193,23 @@ class AdaptiveLimit:
             else:
                 self._slots.release()
 
-    def record(self, *, ok: bool, overloaded: bool) -> None:
-        """Adapt to one request's end: `overloaded` if the server pushed back meanwhile."""
+    def took(self, seconds: float) -> None:
+        """Learn how long a successful request took."""
+        self._typical = seconds if not self._typical else 0.9 * self._typical + 0.1 * seconds
+
+    def record(self, *, ok: bool, overloaded: bool, sent_with: int | None = None) -> None:
+        """Adapt to one request's end; `sent_with` is what `async with` gave it."""
         if not self._adaptive:
             return
         self._since_decrease += 1
         if overloaded:
-            self._successes = 0
-            if self.current > self._floor and self._since_decrease >= self.current:
-                self._since_decrease = 0
-                self._set(max(self._floor, self.current * 3 // 4))
+            if self._since_decrease < self.current:
+                return
+            target = self.current - 1 if sent_with is None else min(self.current, sent_with) - 1
+            target = max(self._floor, target)
+            if target < self.current:
+                self._since_decrease = self._successes = 0
+                self._set(target)
                 logger.info("server pushed back: concurrency lowered to %d", self.current)
         elif ok and self.current < self._ceiling:
             self._successes += 1
@@ -263,16 +296,17 @@ class BulkJob(Generic[T]):
         fail_fast: bool,
         adaptive: bool,
         on_progress: Callable[[Progress], object] | None,
-        pushbacks: Callable[[], int] = lambda: 0,
-        overload_rounds: int = 10,
+        pushback_wait: Callable[[APIStatusError, int], float | None] = _retry_after,
+        overload_rounds: int = 16,
         claim: Callable[[int, GenerateRequest], Any] = _no_claim,
         yield_replayed: bool = True,
         on_close: Callable[[], object] = lambda: None,
     ) -> None:
         """Prepare the job; nothing runs before `async with`.
 
-        `pushbacks` counts the server's 429 and 503 answers, retried ones included, so
-        the adaptive limit hears of pressure that the retries hide. `claim` is called in
+        `pushback_wait` gives the seconds before a request turned away (429, 503) is sent
+        again, given the error and the re-run's number from 0 (None: give up); at most
+        `overload_rounds` re-runs are made. `claim` is called in
         input order as each request is pulled, and its value handed to `work` (a journal
         numbers identical requests with it). Replays are yielded as outcomes unless
         `yield_replayed` is False. `on_close` runs when the job ends (to close a journal
@@ -281,7 +315,7 @@ class BulkJob(Generic[T]):
         self._on_close = on_close
         self._claim = claim
         self._yield_replayed = yield_replayed
-        self._pushbacks = pushbacks
+        self._pushback_wait = pushback_wait
         self._overload_rounds = overload_rounds
         self._input: _Input[object] = _Input(source)
         self._work = work
@@ -297,7 +331,7 @@ class BulkJob(Generic[T]):
             math.inf
         )
         self._task_group: TaskGroup | None = None
-        self._workers_left = concurrency
+        self._workers_left = 2 * concurrency
         self._next_index = 0
         self._reorder: dict[int, Outcome[T] | _Skipped] = {}
 
@@ -305,7 +339,9 @@ class BulkJob(Generic[T]):
         """Start the workers."""
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        for _ in range(self._concurrency):
+        # Twice as many workers as places: a turned-away request waits out its Retry-After
+        # in its worker without a place, while a spare worker's request takes the place.
+        for _ in range(self._workers_left):
             self._task_group.start_soon(self._worker)
         return self
 
@@ -384,32 +420,45 @@ class BulkJob(Generic[T]):
         claim = self._claim(index, request)
         self.progress.submitted += 1
         for round_ in range(self._overload_rounds + 1):
-            async with self._limit:
+            async with self._limit as sent_with:
                 self.progress.in_flight += 1
-                pushbacks = self._pushbacks()
+                started = anyio.current_time()
                 try:
                     result = await self._work(request, claim)
                 except ApiframeError as exc:
-                    self._count(error=exc, pushed_back=self._pushbacks() > pushbacks)
-                    # 429 and 503 prove the request was turned away unprocessed: the job
-                    # slows down (see AdaptiveLimit) and tries it again, at no risk of paying twice.
-                    if _is_overload(exc) and round_ < self._overload_rounds:
-                        continue
-                    self._tally(exc)
-                    return Outcome(index=index, request=request, error=exc)
-            self._count(error=None, pushed_back=self._pushbacks() > pushbacks)
-            self._tally(None)
-            if isinstance(result, Replay):
-                if not self._yield_replayed:
-                    return _Skipped(index)
-                return Outcome(index=index, request=request, result=result.result, replayed=True)
-            return Outcome(index=index, request=request, result=result)
-        raise AssertionError  # pragma: no cover -- the loop always returns
+                    self._count(error=exc, sent_with=sent_with)
+                    wait = self._rerun_wait(exc, round_)
+                    if wait is None:
+                        self._tally(exc)
+                        return Outcome(index=index, request=request, error=exc)
+                    # 429 and 503 prove the request was turned away unprocessed: it is sent
+                    # again, at no risk of paying twice. Its place is kept only about as
+                    # long as a request takes: taken at once, it would collect another 429.
+                    held = min(wait, self._limit.typical_seconds)
+                    await anyio.sleep(held)
+                else:
+                    self._limit.took(anyio.current_time() - started)
+                    self._count(error=None, sent_with=sent_with)
+                    break
+            await anyio.sleep(wait - held)
+        self._tally(None)
+        if isinstance(result, Replay):
+            if not self._yield_replayed:
+                return _Skipped(index)
+            return Outcome(index=index, request=request, result=result.result, replayed=True)
+        return Outcome(index=index, request=request, result=result)
 
-    def _count(self, *, error: ApiframeError | None, pushed_back: bool) -> None:
+    def _rerun_wait(self, error: ApiframeError, round_: int) -> float | None:
+        """Seconds before a turned-away request is sent again; None if it is not."""
+        if not _is_overload(error) or round_ >= self._overload_rounds:
+            return None
+        assert isinstance(error, APIStatusError)  # noqa: S101 -- overloads are statuses
+        return self._pushback_wait(error, round_)
+
+    def _count(self, *, error: ApiframeError | None, sent_with: int) -> None:
         """Account for one attempt that ended."""
         self.progress.in_flight -= 1
-        self._limit.record(ok=error is None, overloaded=pushed_back or _is_overload(error))
+        self._limit.record(ok=error is None, overloaded=_is_overload(error), sent_with=sent_with)
         self.progress.concurrency = self._limit.current
 
     def _tally(self, error: ApiframeError | None) -> None:
