@@ -362,10 +362,11 @@ class AsyncApiframe:
             fail_fast: Raise the first error (cancelling the rest) instead of yielding it
                 as an outcome. With a list or tuple, every request is validated before
                 any is sent.
-            adaptive: Cut the requests in flight by a quarter when the server pushes back
-                (429, 503), down to a quarter of `concurrency` at most, and grow back by
-                one per window of successes. Requests turned away that way are tried
-                again, as they cost nothing.
+            adaptive: Lower the requests in flight when the server pushes back (429,
+                503): by one per window, or straight to what the server took when it
+                turned away a request sent with more in flight; grow back by one per
+                window of successes. Requests turned away are sent again after their
+                `Retry-After` (they cost nothing), without holding a place meanwhile.
             on_progress: Called with the job's `Progress` each time a request ends.
             journal: A SQLite file (or `Journal`) that records each paid request before
                 and after it is sent, so that a job run again with the same journal sends
