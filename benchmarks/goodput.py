@@ -62,7 +62,7 @@ SCENARIOS = (
     Scenario(
         "concurrency-limit",
         ("--concurrency-limit", "32", "--retry-after", "1"),
-        n=3_000,
+        n=4_000,
         quick_n=800,
         ideal_rate=32 / (LATENCY_MS / 1000),
         targets="goodput >= 0.95 of K/latency, settled 429s < 5%",

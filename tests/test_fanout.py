@@ -434,13 +434,19 @@ async def test_adaptive_limit_shrinks_by_one_per_window_and_grows_back() -> None
 
 
 async def test_adaptive_limit_lands_on_what_the_server_took() -> None:
-    """A 429 to a request sent with 33 in flight sets the limit to 32 at once."""
+    """A 429 to a request sent with 33 in flight cuts toward 32, a quarter at most per window."""
     limit = AdaptiveLimit(64, adaptive=True)
     limit.record(ok=False, overloaded=True, sent_with=33)
-    assert limit.current == 32
+    assert limit.current == 48
     for sent_with in range(34, 65):
         limit.record(ok=False, overloaded=True, sent_with=sent_with)
-    assert limit.current == 32, "later refusals of the same flight change nothing"
+    assert limit.current == 48, "later refusals of the same window change nothing"
+    for _ in range(48):
+        limit.record(ok=False, overloaded=True, sent_with=33)
+    assert limit.current == 36
+    for _ in range(36):
+        limit.record(ok=False, overloaded=True, sent_with=33)
+    assert limit.current == 32
 
 
 async def test_scattered_pushback_costs_no_more_than_successes_win_back() -> None:
