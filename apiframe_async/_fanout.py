@@ -137,7 +137,7 @@ class AdaptiveLimit:
     A 429 or 503 lowers the limit at most once per window (as many ended requests as the
     limit allows in flight: those already in flight when the server pushed back tell
     nothing new): to one less, or to one less than the requests in flight when the
-    turned-away request was sent, whichever is lower, but never by more than a quarter
+    turned-away request was sent, whichever is lower, but never by more than an eighth
     at once. A server that runs K at once turns away only requests sent with more than K
     in flight, so the limit lands on K within a few windows; a rate limit or scattered
     429s cost one per window. Each window of successes adds one,
@@ -208,10 +208,10 @@ class AdaptiveLimit:
                 return
             target = self.current - 1
             if sent_with is not None:
-                # A quarter off at most: requests reach the server in another order than
+                # An eighth off at most: requests reach the server in another order than
                 # they took their places, so one sent with few in flight may be refused
                 # by a server that takes many more.
-                target = min(target, max(sent_with - 1, self.current * 3 // 4))
+                target = min(target, max(sent_with - 1, self.current * 7 // 8))
             target = max(self._floor, target)
             if target < self.current:
                 self._since_decrease = self._successes = 0

@@ -178,11 +178,13 @@ class Sender:
         try:
             # After the slot is held, right before bytes go out: a pause that began while
             # this request waited for its slot holds it back too.
-            await self._pause.wait()
+            ticket = await self._pause.wait()
             try:
                 response = await self._send(request)
             except httpx.HTTPError as exc:
                 raise translated(exc, method=method, url=url) from exc
+            # Counted while this slot is held: once released, a waiting request takes it.
+            in_flight = self.max_concurrency - self.limiter.value
         finally:
             self.limiter.release()
         logger.debug("%s %s -> %d", method, url, response.status_code)
@@ -193,8 +195,7 @@ class Sender:
         error = status_error(response, method=method, url=url, task_id=task_id, redact=self._redact)
         if response.status_code in _PUSHBACK_STATUSES:
             self.pushbacks += 1
-            in_flight = self.max_concurrency - self.limiter.value + 1
-            self._pause.pushed_back(error.retry_after, in_flight=in_flight)
+            self._pause.pushed_back(error.retry_after, ticket=ticket, in_flight=in_flight)
         raise error
 
     async def _acquire_slot(self, timeout: TimeoutTypes, method: str, url: str) -> None:

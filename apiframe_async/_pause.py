@@ -20,9 +20,6 @@ import time
 
 import anyio
 
-#: Pushbacks in a row that make a pause broad, even with a single request in flight.
-_MIN_RUN = 2
-
 
 class Pause:
     """The client-wide pause: begun by broad pushback, honoured before every send."""
@@ -31,31 +28,40 @@ class Pause:
         """A pause never lasts longer than `max_wait` (the retry policy's `max_retry_after`)."""
         self._max_wait = max_wait
         self._resume_at = 0.0
+        self._tickets = 0
         self._run = 0
         self._flight = 0
+        self._horizon = 0
 
     @property
     def resume_at(self) -> float:
         """When the current pause ends, on `time.monotonic()` (in the past: no pause)."""
         return self._resume_at
 
-    async def wait(self) -> None:
-        """Wait until any pause is over."""
+    async def wait(self) -> int:
+        """Wait until any pause is over; the request's ticket, to hand to `pushed_back`."""
         # A loop, not an Event: a pause may be extended while we sleep, and its end is a
         # time, which nothing would be there to signal.
         while (delay := self._resume_at - time.monotonic()) > 0:  # noqa: ASYNC110
             await anyio.sleep(delay)
+        self._tickets += 1
+        return self._tickets
 
     def answered(self) -> None:
         """A reply that was not pushback: the server takes requests again."""
         self._run = 0
 
-    def pushed_back(self, retry_after: float | None, *, in_flight: int) -> None:
-        """A 429 or 503 came back; `in_flight` counts the requests in flight, this one too."""
+    def pushed_back(self, retry_after: float | None, *, ticket: int, in_flight: int) -> None:
+        """A 429 or 503 came back to request `ticket`, with `in_flight` requests (it too)."""
         if self._run == 0:
-            self._flight = in_flight
+            # A run of pushbacks begins: it is broad once every request in flight now has
+            # come back turned away. Requests sent later do not count: taking a freed slot
+            # at once, they may all be refused while the first ones are still at work.
+            self._flight, self._horizon = in_flight, self._tickets
+        if ticket > self._horizon:
+            return
         self._run += 1
-        broad = self._run >= max(_MIN_RUN, self._flight)
+        broad = self._run >= self._flight
         if broad and retry_after and math.isfinite(retry_after) and retry_after <= self._max_wait:
             self._resume_at = max(self._resume_at, time.monotonic() + retry_after)
             self._run = 0

@@ -161,6 +161,10 @@ async def aiohttp_sender(url: str) -> AsyncIterator[Send]:
         yield send
 
 
+#: The adaptive limit of our client, sampled as the server samples what runs.
+LIMITS: list[int] = []
+
+
 async def apiframe(url: str, n: int, concurrency: int) -> Counter[bool]:
     from apiframe_async import AsyncApiframe, GenerateRequest  # noqa: PLC0415
 
@@ -169,9 +173,18 @@ async def apiframe(url: str, n: int, concurrency: int) -> Counter[bool]:
     async with (
         AsyncApiframe(api_key="k", base_url=url, max_concurrency=concurrency) as api,
         api.generate_many(requests, concurrency=concurrency) as outcomes,
+        anyio.create_task_group() as tg,
     ):
+
+        async def sample() -> None:
+            while True:
+                LIMITS.append(outcomes.progress.concurrency)
+                await anyio.sleep(0.5)
+
+        tg.start_soon(sample)
         async for outcome in outcomes:
             counts[outcome.ok] += 1
+        tg.cancel_scope.cancel()
     return counts
 
 
@@ -189,10 +202,9 @@ def client_main(argv: list[str]) -> None:
         importlib.import_module("apiframe_async")  # before the clock starts
     start = time.perf_counter()
     counts = anyio.run(run_client, client, url, int(n), int(concurrency), backend=backend)
+    wall = time.perf_counter() - start
     print(
-        json.dumps(
-            {"wall_s": time.perf_counter() - start, "ok": counts[True], "failed": counts[False]}
-        )
+        json.dumps({"wall_s": wall, "ok": counts[True], "failed": counts[False], "limits": LIMITS})
     )
 
 
@@ -236,7 +248,7 @@ def sparkline(series: list[list[float]], top: float, width: int = 40) -> str:
 
 def figures(scenario: Scenario, result: dict[str, Any], aiohttp_wall: float | None) -> str:
     if "error" in result:
-        return f"| {result['error']} |  |  |  |  |"
+        return f"| {result['error']} |  |  |  |  |  |"
     goodput = result["ok"] / result["wall_s"]
     settle = int(SETTLE_S / result["sample_s"])
     settled = result["series"][settle:]
@@ -246,10 +258,12 @@ def figures(scenario: Scenario, result: dict[str, Any], aiohttp_wall: float | No
         wall += f" ({result['wall_s'] / aiohttp_wall:.2f}x)"
     top = max([32.0, *(row[0] for row in result["series"])])
     checks = f"{result['failed']} failed, {result['duplicates']} paid twice"
+    limits = result.get("limits") or []
+    limit_line = f"`{sparkline([[v] for v in limits], CONCURRENCY)}`" if limits else "-"
     return (
         f"| {goodput:.1f}/s ({goodput / scenario.ideal_rate:.2f}) "
         f"| {result['refused'] / max(1, result['requests']):.1%} / {settled_429:.1%} "
-        f"| {wall} | {checks} | `{sparkline(result['series'], top)}` |"
+        f"| {wall} | {checks} | `{sparkline(result['series'], top)}` | {limit_line} |"
     )
 
 
@@ -275,7 +289,7 @@ def main() -> None:
         results = {}
         for client in clients:
             results[client] = run_one(client, scenario, n, args.limit)
-            shown = {k: v for k, v in results[client].items() if k != "series"}
+            shown = {k: v for k, v in results[client].items() if k not in {"series", "limits"}}
             print(f"  {client[0]} ({client[1]}): {json.dumps(shown)}", flush=True)
         reference = results.get(("aiohttp", "asyncio"), {}).get("wall_s")
         for client, result in results.items():
@@ -286,8 +300,8 @@ def main() -> None:
         "| scenario | client | goodput (of the limit) | 429s (all / settled) | wall (x aiohttp) |",
         end="",
     )
-    print(" checks | generations running over time |")
-    print("|---|---|---|---|---|---|---|")
+    print(" checks | generations running over time | adaptive limit over time |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row}")
 

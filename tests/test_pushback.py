@@ -63,29 +63,30 @@ async def test_a_scattered_429_holds_back_only_the_request_that_got_it() -> None
     assert fake.generate_count_by_prompt() == dict.fromkeys(prompts, 1)
 
 
-def test_a_pause_is_broad_only_after_a_whole_flight_of_pushbacks() -> None:
-    """8 in flight: 7 refusals in a row pause nothing, the 8th pauses; any answer resets."""
+def test_a_pause_is_broad_only_once_the_whole_flight_came_back_turned_away() -> None:
+    """8 in flight: 7 of them refused pause nothing, nor do later ones; the 8th pauses."""
     pause = Pause(max_wait=60)
-    for _ in range(7):
-        pause.pushed_back(5, in_flight=8)
+    tickets = [anyio.run(pause.wait) for _ in range(8)]
+    for ticket in tickets[:7]:
+        pause.pushed_back(5, ticket=ticket, in_flight=8)
+    for _ in range(20):  # sent after the run began, as slots came free
+        pause.pushed_back(5, ticket=anyio.run(pause.wait), in_flight=8)
     assert pause.resume_at == 0.0
+    pause.pushed_back(5, ticket=tickets[7], in_flight=1)
+    assert pause.resume_at > 0.0
+
+
+def test_an_answer_breaks_the_run_and_a_too_long_wait_is_never_a_pause() -> None:
+    """A success between pushbacks starts the count again; Retry-After past the policy: no pause."""
+    pause = Pause(max_wait=60)
+    first, second = anyio.run(pause.wait), anyio.run(pause.wait)
+    pause.pushed_back(5, ticket=first, in_flight=2)
     pause.answered()
-    for _ in range(7):
-        pause.pushed_back(5, in_flight=8)
-    assert pause.resume_at == 0.0, "the run was broken by an answer"
-    pause.pushed_back(5, in_flight=1)
-    assert pause.resume_at > 0.0
-
-
-def test_a_lone_request_turned_away_twice_pauses_the_client() -> None:
-    """With one request in flight, two pushbacks in a row make the pause; a too-long one never."""
-    pause = Pause(max_wait=60)
-    pause.pushed_back(1, in_flight=1)
-    assert pause.resume_at == 0.0
-    pause.pushed_back(120, in_flight=1)
-    assert pause.resume_at == 0.0, "longer than max_retry_after: not waited out"
-    pause.pushed_back(1, in_flight=1)
-    assert pause.resume_at > 0.0
+    pause.pushed_back(5, ticket=second, in_flight=1)
+    assert pause.resume_at > 0.0, "a new run: the one in flight came back turned away"
+    late = Pause(max_wait=60)
+    late.pushed_back(120, ticket=anyio.run(late.wait), in_flight=1)
+    assert late.resume_at == 0.0
 
 
 async def hold_the_only_slot(fake: FakeApiframe, client: AsyncApiframe, model: str) -> None:
