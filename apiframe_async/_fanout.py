@@ -207,11 +207,13 @@ class AdaptiveLimit:
             if self._since_decrease < self.current:
                 return
             target = self.current - 1
-            if sent_with is not None:
+            # Places are taken a moment after they come free, so a request is often sent
+            # with one or two fewer than the limit in flight: only a clear gap is news.
+            if sent_with is not None and sent_with < self.current - self.current // 8:
                 # An eighth off at most: requests reach the server in another order than
                 # they took their places, so one sent with few in flight may be refused
                 # by a server that takes many more.
-                target = min(target, max(sent_with - 1, self.current * 7 // 8))
+                target = max(sent_with - 1, self.current * 7 // 8)
             target = max(self._floor, target)
             if target < self.current:
                 self._since_decrease = self._successes = 0
