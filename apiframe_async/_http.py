@@ -118,8 +118,7 @@ class Sender:
         self._direct_json_headers = httpx.Headers({**direct, "Content-Type": "application/json"})
         self._timeouts = timeout.as_dict()
         self._pause = Pause(max_wait=retry.max_retry_after)
-        #: 429 and 503 answers seen so far: bulk jobs read it to sense server pressure,
-        #: including answers that a retry then got past.
+        #: 429 and 503 answers seen so far, including answers that a retry then got past.
         self.pushbacks = 0
 
     def __repr__(self) -> str:
