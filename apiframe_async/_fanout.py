@@ -440,9 +440,10 @@ class BulkJob(Generic[T]):
                         self._tally(exc)
                         return Outcome(index=index, request=request, error=exc)
                     # 429 and 503 prove the request was turned away unprocessed: it is sent
-                    # again, at no risk of paying twice. Its place is kept only about as
-                    # long as a request takes: taken at once, it would collect another 429.
-                    held = min(wait, self._limit.typical_seconds)
+                    # again, at no risk of paying twice. Its place is kept a quarter of a
+                    # request's time: taken at once it would collect another 429, kept
+                    # longer it would leave what the server allows unused.
+                    held = min(wait, self._limit.typical_seconds / 4)
                     await anyio.sleep(held)
                 else:
                     self._limit.took(anyio.current_time() - started)
