@@ -12,9 +12,9 @@ How the bounds hold:
   window, straight to what the server took when it refused a request sent with more in
   flight, and grows back by one per window of successes, never above `concurrency`.
 - A request turned away (429, 503: nothing was done, nothing charged) is sent again after
-  its `Retry-After`. It keeps its place only about as long as a request takes, so that a
-  free place does not turn into a storm of 429s; then it waits out the rest without one,
-  while spare workers keep the places busy.
+  its `Retry-After`. It keeps its place only a quarter of the time a request takes, so
+  that a free place does not turn into a storm of 429s; then it waits out the rest
+  without one, while spare workers keep the places busy.
 """
 
 from __future__ import annotations
