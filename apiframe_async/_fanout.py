@@ -450,6 +450,8 @@ class BulkJob(Generic[T]):
                     self._count(error=None, sent_with=sent_with)
                     break
             await anyio.sleep(wait - held)
+        else:
+            raise AssertionError  # pragma: no cover -- the last round returns or breaks
         self._tally(None)
         if isinstance(result, Replay):
             if not self._yield_replayed:
