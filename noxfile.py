@@ -89,3 +89,10 @@ def bench(session: nox.Session) -> None:
     """The loopback benchmark: our client beside raw httpx and aiohttp, in one run."""
     session.install("-e", ".", *_group("bench"))
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def goodput(session: nox.Session) -> None:
+    """Goodput at an account's limits: our client beside aiohttp and httpx worker pools."""
+    session.install("-e", ".", *_group("bench"))
+    session.run("python", "benchmarks/goodput.py", *session.posargs)

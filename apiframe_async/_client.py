@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import os
 import ssl
@@ -60,7 +61,7 @@ from ._models import (
 from ._network import checked_proxy, checked_verify
 from ._observe import operation, set_task_id
 from ._replies import DEFAULT_MAX_RESPONSE_BYTES
-from ._retry import RetryPolicy
+from ._retry import RetryPolicy, pushback_wait
 from ._routing import RoutingTransport
 from ._settings import checked_api_key, checked_count, checked_timeout
 from ._waiting import Poller, PollPolicy, checked
@@ -327,6 +328,7 @@ class AsyncApiframe:
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
         before_send: BeforeSend | None = None,
+        retry_pushback: bool = True,
     ) -> Reply:
         return await self._sender.call(
             endpoint,
@@ -335,6 +337,7 @@ class AsyncApiframe:
             task_id=task_id,
             before_send=before_send,
             retry=self._call_retry,
+            retry_pushback=retry_pushback,
         )
 
     def __repr__(self) -> str:
@@ -470,10 +473,15 @@ class AsyncApiframe:
         *,
         timeout: TimeoutTypes = None,
         before_send: BeforeSend | None = None,
+        retry_pushback: bool = True,
     ) -> Task:
         """The paid step: POST the generation; its answer, finished or with a task to wait on."""
         reply = await self._call(
-            GENERATE, self._wire.body(request), timeout=timeout, before_send=before_send
+            GENERATE,
+            self._wire.body(request),
+            timeout=timeout,
+            before_send=before_send,
+            retry_pushback=retry_pushback,
         )
         task = reply.parse(self._wire.task)
         if not task.is_terminal and not task.task_id.strip():
@@ -546,10 +554,11 @@ class AsyncApiframe:
             fail_fast: Raise the first error (cancelling the rest) instead of yielding it
                 as an outcome. With a list or tuple, every request is validated before
                 any is sent.
-            adaptive: Cut the requests in flight by a quarter when the server pushes back
-                (429, 503), down to a quarter of `concurrency` at most, and grow back by
-                one per window of successes. Requests turned away that way are tried
-                again, as they cost nothing.
+            adaptive: Lower the requests in flight when the server pushes back (429,
+                503): by one per window, or straight to what the server took when it
+                turned away a request sent with more in flight; grow back by one per
+                window of successes. Requests turned away are sent again after their
+                `Retry-After` (they cost nothing), without holding a place meanwhile.
             on_progress: Called with the job's `Progress` each time a request ends.
             journal: A SQLite file (or `Journal`) that records each paid request right
                 before it is sent and when it ends, so that a job run again with the same
@@ -590,7 +599,8 @@ class AsyncApiframe:
         check_max_credits(max_credits)
         # The budget holds only the paid step: once a task exists its credits are spent,
         # whatever the wait for it brings.
-        submit = self._submit if max_credits is None else Budget(max_credits).guard(self._submit)
+        bulk = self._submit_bulk
+        submit = bulk if max_credits is None else Budget(max_credits).guard(bulk)
         if fail_fast and isinstance(requests, list | tuple):
             requests = [as_request(item) for item in requests]
 
@@ -622,8 +632,22 @@ class AsyncApiframe:
             fail_fast=fail_fast,
             adaptive=adaptive,
             on_progress=on_progress,
-            pushbacks=lambda: self._sender.pushbacks,
+            pushback_wait=functools.partial(pushback_wait, self._call_retry or self._sender.retry),
             **options,
+        )
+
+    async def _submit_bulk(
+        self,
+        request: GenerateRequest,
+        /,
+        *,
+        timeout: TimeoutTypes = None,
+        before_send: BeforeSend | None = None,
+    ) -> Task:
+        # A bulk job re-runs pushback itself, so that a turned-away request waits out its
+        # Retry-After without holding a place in the job's limit.
+        return await self._submit(
+            request, timeout=timeout, before_send=before_send, retry_pushback=False
         )
 
     async def generate_all(

@@ -8,9 +8,13 @@ How the bounds hold:
   outcome has been handed to the caller. Items pulled, in flight and waiting to be read
   therefore never exceed the window, whatever the input's size and however slowly the
   caller reads: memory is O(concurrency), ordered or not.
-- Under pressure (429, 503) an adaptive limit cuts the requests in flight by a quarter
-  (down to a quarter of `concurrency` at most), then grows back by one per window of
-  successes, never above `concurrency`.
+- Under pressure (429, 503) an adaptive limit lowers the requests in flight by one per
+  window, straight to what the server took when it refused a request sent with more in
+  flight, and grows back by one per window of successes, never above `concurrency`.
+- A request turned away (429, 503: nothing was done, nothing charged) is sent again after
+  its `Retry-After`. It keeps its place only a quarter of the time a request takes, so
+  that a free place does not turn into a storm of 429s; then it waits out the rest
+  without one, while spare workers keep the places busy.
 - After a 401, 402 or 403 (see `_charges.dooms_the_job`) no new request is started: the
   items left end with `NotSentError`, so a doomed job pays for at most what was in flight.
 """
@@ -29,7 +33,7 @@ from anyio.abc import TaskGroup
 
 from ._budget import credits_charged
 from ._charges import dooms_the_job, turned_away
-from ._errors import ApiframeError, NotSentError, RequestValidationError
+from ._errors import ApiframeError, APIStatusError, NotSentError, RequestValidationError
 from ._models import GenerateRequest
 from ._pricing import generation_cost
 
@@ -135,15 +139,22 @@ async def _nothing_to_record(_request: GenerateRequest, _claim: Any, _error: Not
     return None
 
 
-class AdaptiveLimit:
-    """An AIMD bound on requests in flight: shrink on overload, grow by one per window.
+def _retry_after(error: APIStatusError, _attempt: int) -> float | None:
+    return error.retry_after or 0.0
 
-    On a 429 or 503 the limit drops to three quarters, at most once per window (as many
-    completed requests as the limit allows in flight: the requests already in flight when
-    the server pushed back tell nothing new), and never below a quarter of the ceiling:
-    the server's `Retry-After`, which pauses every request of the client, and the retry
-    backoff do the rest. Each window without pushback adds one, up to the ceiling.
-    Disabled, it is a plain fixed limit of `ceiling`.
+
+class AdaptiveLimit:
+    """An AIMD bound on requests in flight, learned from the server's pushback.
+
+    A 429 or 503 lowers the limit at most once per window (as many ended requests as the
+    limit allows in flight: those already in flight when the server pushed back tell
+    nothing new): to one less, or to one less than the requests in flight when the
+    turned-away request was sent, whichever is lower, but never by more than an eighth
+    at once. A server that runs K at once turns away only requests sent with more than K
+    in flight, so the limit lands on K within a few windows; a rate limit or scattered
+    429s cost one per window. Each window of successes adds one,
+    up to the ceiling, so pushback that no backing off avoids is won back as fast as it
+    costs. Disabled, it is a plain fixed limit of `ceiling`.
     """
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
@@ -154,22 +165,32 @@ class AdaptiveLimit:
         self._current = ceiling
         self._debt = 0
         self._ceiling = ceiling
-        self._floor = max(1, ceiling // 4)
+        self._floor = 1
         self._adaptive = adaptive
         self._successes = 0
         self._since_decrease = ceiling
+        self._in_use = 0
+        self._typical = 0.0
 
     @property
     def current(self) -> int:
         """The limit now in force."""
         return self._current
 
-    async def __aenter__(self) -> None:
-        """Wait for room under the current limit."""
+    @property
+    def typical_seconds(self) -> float:
+        """How long a successful request takes, smoothed (0.0 before the first)."""
+        return self._typical
+
+    async def __aenter__(self) -> int:
+        """Wait for room under the current limit; the places in use, this one included."""
         await self._slots.acquire()
+        self._in_use += 1
+        return self._in_use
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Give the room back, unless the limit went down meanwhile."""
+        self._in_use -= 1
         if self._debt:
             self._debt -= 1
         else:
@@ -185,16 +206,30 @@ class AdaptiveLimit:
             else:
                 self._slots.release()
 
-    def record(self, *, ok: bool, overloaded: bool) -> None:
-        """Adapt to one request's end: `overloaded` if the server pushed back meanwhile."""
+    def took(self, seconds: float) -> None:
+        """Learn how long a successful request took."""
+        self._typical = seconds if not self._typical else 0.9 * self._typical + 0.1 * seconds
+
+    def record(self, *, ok: bool, overloaded: bool, sent_with: int | None = None) -> None:
+        """Adapt to one request's end; `sent_with` is what `async with` gave it."""
         if not self._adaptive:
             return
         self._since_decrease += 1
         if overloaded:
-            self._successes = 0
-            if self.current > self._floor and self._since_decrease >= self.current:
-                self._since_decrease = 0
-                self._set(max(self._floor, self.current * 3 // 4))
+            if self._since_decrease < self.current:
+                return
+            target = self.current - 1
+            # Places are taken a moment after they come free, so a request is often sent
+            # with one or two fewer than the limit in flight: only a clear gap is news.
+            if sent_with is not None and sent_with < self.current - self.current // 8:
+                # An eighth off at most: requests reach the server in another order than
+                # they took their places, so one sent with few in flight may be refused
+                # by a server that takes many more.
+                target = max(sent_with - 1, self.current * 7 // 8)
+            target = max(self._floor, target)
+            if target < self.current:
+                self._since_decrease = self._successes = 0
+                self._set(target)
                 logger.info("server pushed back: concurrency lowered to %d", self.current)
         elif ok and self.current < self._ceiling:
             self._successes += 1
@@ -282,8 +317,8 @@ class BulkJob(Generic[T]):
         fail_fast: bool,
         adaptive: bool,
         on_progress: Callable[[Progress], object] | None,
-        pushbacks: Callable[[], int] = lambda: 0,
-        overload_rounds: int = 10,
+        pushback_wait: Callable[[APIStatusError, int], float | None] = _retry_after,
+        overload_rounds: int = 16,
         claim: Callable[[int, GenerateRequest], Any] = _no_claim,
         yield_replayed: bool = True,
         on_close: Callable[[], object] = lambda: None,
@@ -293,8 +328,9 @@ class BulkJob(Generic[T]):
     ) -> None:
         """Prepare the job; nothing runs before `async with`.
 
-        `pushbacks` counts the server's 429 and 503 answers, retried ones included, so
-        the adaptive limit hears of pressure that the retries hide. `claim` is called in
+        `pushback_wait` gives the seconds before a request turned away (429, 503) is sent
+        again, given the error and the re-run's number from 0 (None: give up); at most
+        `overload_rounds` re-runs are made. `claim` is called in
         input order as each request is pulled, and its value handed to `work` (a journal
         numbers identical requests with it). Replays are yielded as outcomes unless
         `yield_replayed` is False. `on_close` runs when the job ends (to close a journal
@@ -305,7 +341,7 @@ class BulkJob(Generic[T]):
         self._on_not_sent = on_not_sent
         self._claim = claim
         self._yield_replayed = yield_replayed
-        self._pushbacks = pushbacks
+        self._pushback_wait = pushback_wait
         self._overload_rounds = overload_rounds
         self._input: _Input[object] = _Input(source)
         self._work = work
@@ -321,7 +357,7 @@ class BulkJob(Generic[T]):
             math.inf
         )
         self._task_group: TaskGroup | None = None
-        self._workers_left = concurrency
+        self._workers_left = 2 * concurrency
         self._next_index = 0
         self._reorder: dict[int, Outcome[T] | _Skipped] = {}
         self._leftovers: list[Outcome[T]] = []
@@ -330,7 +366,9 @@ class BulkJob(Generic[T]):
         """Start the workers."""
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        for _ in range(self._concurrency):
+        # Twice as many workers as places: a turned-away request waits out its Retry-After
+        # in its worker without a place, while a spare worker's request takes the place.
+        for _ in range(self._workers_left):
             self._task_group.start_soon(self._worker)
         return self
 
@@ -433,34 +471,43 @@ class BulkJob(Generic[T]):
         claim = self._claim(index, request)
         self.progress.submitted += 1
         for round_ in range(self._overload_rounds + 1):
-            async with self._limit:
+            async with self._limit as sent_with:
                 if self.progress.stopped_by is not None:
                     return await self._not_sent(index, request, claim, self.progress.stopped_by)
                 self.progress.in_flight += 1
-                pushbacks = self._pushbacks()
+                started = anyio.current_time()
                 try:
                     result = await self._work(request, claim)
                 except ApiframeError as exc:
-                    self._count(error=exc, pushed_back=self._pushbacks() > pushbacks)
-                    # A request turned away unprocessed (see _charges): the job slows down
-                    # (see AdaptiveLimit) and tries it again, at no risk of paying twice.
-                    if turned_away(exc) and round_ < self._overload_rounds:
-                        continue
-                    if dooms_the_job(exc) and self.progress.stopped_by is None:
-                        self.progress.stopped_by = exc
-                        logger.info("no more requests sent: %s", exc)
-                    spent = credits_charged(cost, exc)
-                    self._tally(exc, spent)
-                    return Outcome(index=index, request=request, error=exc, credits=spent)
-            self._count(error=None, pushed_back=self._pushbacks() > pushbacks)
-            if isinstance(result, Replay):
-                self._tally(None, 0)
-                if not self._yield_replayed:
-                    return _Skipped(index)
-                return Outcome(index=index, request=request, result=result.result, replayed=True)
-            self._tally(None, cost)
-            return Outcome(index=index, request=request, result=result, credits=cost)
-        raise AssertionError  # pragma: no cover -- the loop always returns
+                    self._count(error=exc, sent_with=sent_with)
+                    wait = self._rerun_wait(exc, round_)
+                    if wait is None:
+                        if dooms_the_job(exc) and self.progress.stopped_by is None:
+                            self.progress.stopped_by = exc
+                            logger.info("no more requests sent: %s", exc)
+                        spent = credits_charged(cost, exc)
+                        self._tally(exc, spent)
+                        return Outcome(index=index, request=request, error=exc, credits=spent)
+                    # Turned away unprocessed (see _charges): it is sent again, at no risk
+                    # of paying twice. Its place is kept a quarter of a request's time:
+                    # taken at once it would collect another 429, kept longer it would
+                    # leave what the server allows unused.
+                    held = min(wait, self._limit.typical_seconds / 4)
+                    await anyio.sleep(held)
+                else:
+                    self._limit.took(anyio.current_time() - started)
+                    self._count(error=None, sent_with=sent_with)
+                    break
+            await anyio.sleep(wait - held)
+        else:
+            raise AssertionError  # pragma: no cover -- the last round returns or breaks
+        if isinstance(result, Replay):
+            self._tally(None, 0)
+            if not self._yield_replayed:
+                return _Skipped(index)
+            return Outcome(index=index, request=request, result=result.result, replayed=True)
+        self._tally(None, cost)
+        return Outcome(index=index, request=request, result=result, credits=cost)
 
     async def _not_sent(
         self, index: int, request: GenerateRequest, claim: object, reason: ApiframeError
@@ -470,11 +517,18 @@ class BulkJob(Generic[T]):
         self._tally(error, 0)
         return Outcome(index=index, request=request, error=error)
 
-    def _count(self, *, error: ApiframeError | None, pushed_back: bool) -> None:
+    def _rerun_wait(self, error: ApiframeError, round_: int) -> float | None:
+        """Seconds before a turned-away request is sent again; None if it is not."""
+        if not turned_away(error) or round_ >= self._overload_rounds:
+            return None
+        assert isinstance(error, APIStatusError)  # noqa: S101 -- turned away: a status
+        return self._pushback_wait(error, round_)
+
+    def _count(self, *, error: ApiframeError | None, sent_with: int) -> None:
         """Account for one attempt that ended."""
         self.progress.in_flight -= 1
-        overloaded = pushed_back or (error is not None and turned_away(error))
-        self._limit.record(ok=error is None, overloaded=overloaded)
+        overloaded = error is not None and turned_away(error)
+        self._limit.record(ok=error is None, overloaded=overloaded, sent_with=sent_with)
         self.progress.concurrency = self._limit.current
 
     def _tally(self, error: ApiframeError | None, spent: int) -> None:

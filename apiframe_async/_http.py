@@ -2,8 +2,8 @@
 
 Everything around it (validation, the wire format, retry decisions) is pure. Here live the
 three things every request shares, whichever entry point sent it: the API key header, the
-client-wide concurrency limit, and the pause every request honours after a 429 with
-`Retry-After`.
+client-wide concurrency limit (its wait bounded by the `pool` timeout), and the pause that
+every request honours when the server's pushback is broad.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -28,6 +27,7 @@ from ._errors import (
     ResponseValidationError,
 )
 from ._observe import Exchange, warn_uncertain
+from ._pause import Pause
 from ._replies import ACCEPT_ENCODING, DEFAULT_MAX_RESPONSE_BYTES, read_reply
 from ._retry import RetryPolicy, call_with_retries
 from ._secrets import Redactor
@@ -152,10 +152,9 @@ class Sender:
         self._direct_headers = httpx.Headers(direct)
         self._direct_json_headers = httpx.Headers({**direct, "Content-Type": "application/json"})
         self._timeouts = timeout.as_dict()
-        self._resume_at = 0.0
+        self._pause = Pause(max_wait=retry.max_retry_after)
         self._closed = False
-        #: 429 and 503 answers seen so far: bulk jobs read it to sense server pressure,
-        #: including answers that a retry then got past.
+        #: 429 and 503 answers seen so far, including answers that a retry then got past.
         self.pushbacks = 0
 
     def __repr__(self) -> str:
@@ -194,10 +193,13 @@ class Sender:
         task_id: str | None = None,
         before_send: BeforeSend | None = None,
         retry: RetryPolicy | None = None,
+        retry_pushback: bool = True,
     ) -> Reply:
         """Send `body` to `endpoint` with the retry rules (this sender's by default).
 
         `before_send` is awaited before each attempt's bytes leave, once its slot is held.
+        `retry_pushback=False` leaves a 429 or 503 to the caller, who re-runs the request
+        itself (a bulk job does, without holding its slot while it waits).
         """
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
 
@@ -216,7 +218,9 @@ class Sender:
             )
 
         try:
-            return await call_with_retries(retry or self.retry, attempt, paid=endpoint.paid)
+            return await call_with_retries(
+                retry or self.retry, attempt, paid=endpoint.paid, retry_pushback=retry_pushback
+            )
         except ApiframeError as exc:
             if endpoint.paid and charge_of(exc) is Charge.UNCERTAIN:
                 warn_uncertain(endpoint.method, endpoint.path, exc)
@@ -232,16 +236,19 @@ class Sender:
         before_send: BeforeSend | None = None,
         attempt: int = 1,
     ) -> Reply:
-        """One attempt, no retry: wait out any 429 pause, then send within the limit."""
+        """One attempt, no retry: take a slot, wait out any client-wide pause, then send."""
         if self.closed:
             raise ClientClosedError(
                 f"cannot send {endpoint.method} {endpoint.path}: the client is closed; "
                 "nothing was sent"
             )
-        await self._wait_for_rate_limit()
         request = self._build(endpoint, content, timeout)
         method, url = endpoint.method, str(request.url)
-        async with self.limiter:
+        await self._acquire_slot(timeout, method, url)
+        try:
+            # After the slot is held, right before bytes go out: a pause that began while
+            # this request waited for its slot holds it back too.
+            ticket = await self._pause.wait()
             if before_send is not None:
                 # Last thing before the bytes go: what it marks in flight may really be.
                 await before_send()
@@ -254,13 +261,36 @@ class Sender:
                 except httpx.HTTPError as exc:
                     raise translated(exc, method=method, url=url) from exc
                 seen.response = response
+            # Counted while this slot is held: once released, a waiting request takes it.
+            in_flight = self.max_concurrency - self.limiter.value
+        finally:
+            self.limiter.release()
+        if response.status_code not in _PUSHBACK_STATUSES:
+            self._pause.answered()
         if response.is_success:
             return Reply(_decode(response, method, url, self._redact), response, self._redact)
         error = status_error(response, method=method, url=url, task_id=task_id, redact=self._redact)
         if response.status_code in _PUSHBACK_STATUSES:
             self.pushbacks += 1
-            self._pause_for(error.retry_after)
+            self._pause.pushed_back(error.retry_after, ticket=ticket, in_flight=in_flight)
         raise error
+
+    async def _acquire_slot(self, timeout: TimeoutTypes, method: str, url: str) -> None:
+        """A slot of the client-wide limit, waited for at most the `pool` timeout."""
+        try:
+            self.limiter.acquire_nowait()  # a free slot: no cancel scope to pay for
+        except anyio.WouldBlock:
+            pool = self._timeout.pool if timeout is None else httpx.Timeout(timeout).pool
+            with anyio.move_on_after(math.inf if pool is None else pool):
+                await self.limiter.acquire()
+                return
+            raise APITimeoutError(
+                f"timed out: no free slot of max_concurrency={self.max_concurrency} "
+                f"within the pool timeout ({pool:g} s); nothing was sent",
+                method=method,
+                url=url,
+                may_have_been_submitted=False,
+            ) from None
 
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
@@ -320,17 +350,6 @@ class Sender:
         finally:
             await response.aclose()
         return response
-
-    def _pause_for(self, retry_after: float | None) -> None:
-        if retry_after and math.isfinite(retry_after) and retry_after <= self.retry.max_retry_after:
-            self._resume_at = max(self._resume_at, time.monotonic() + retry_after)
-
-    async def _wait_for_rate_limit(self) -> None:
-        # A 429 with Retry-After holds back every request of this client, not only the one
-        # that got it: the server's limit is per key, so everyone else would get 429 too.
-        delay = self._resume_at - time.monotonic()
-        if delay > 0:
-            await anyio.sleep(delay)
 
 
 def translated(exc: httpx.HTTPError, *, method: str, url: str) -> ApiframeError:

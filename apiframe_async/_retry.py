@@ -20,6 +20,7 @@ The rules, money first:
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -92,17 +93,40 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     retry_event(state.attempt_number, wait, exc)
 
 
+def pushback_wait(policy: RetryPolicy, exc: APIStatusError, attempt: int) -> float | None:
+    """Seconds before pushback `exc` is tried again (attempt 0 is the first retry).
+
+    The server's `Retry-After` when it sent one, else full jitter; None when the
+    `Retry-After` is longer than the policy waits out.
+    """
+    if exc.retry_after is not None:
+        return None if exc.retry_after > policy.max_retry_after else exc.retry_after
+    cap = min(policy.max_backoff, policy.initial_backoff * 2**attempt)
+    return random.uniform(0, cap)  # noqa: S311 - jitter, not crypto
+
+
 async def call_with_retries(
-    policy: RetryPolicy, call: Callable[[], Awaitable[T]], *, paid: bool
+    policy: RetryPolicy,
+    call: Callable[[], Awaitable[T]],
+    *,
+    paid: bool,
+    retry_pushback: bool = True,
 ) -> T:
-    """Run `call` until it succeeds, or fails in a way the policy does not retry."""
+    """Run `call` until it succeeds, or fails in a way the policy does not retry.
+
+    With `retry_pushback=False`, a 429 or 503 is raised at once, for the caller to re-run.
+    """
+
+    def retryable(exc: BaseException) -> bool:
+        return policy.should_retry(exc, paid=paid) and (retry_pushback or not turned_away(exc))
+
     # The first attempt runs bare: setting up tenacity costs about as much as the rest of
     # our request handling, and most requests succeed at once. A failure worth retrying is
     # handed to tenacity as its first attempt, so counting and waiting stay its business.
     try:
         return await call()
     except ApiframeError as exc:
-        if policy.max_retries == 0 or not policy.should_retry(exc, paid=paid):
+        if policy.max_retries == 0 or not retryable(exc):
             raise
         first_failure: ApiframeError | None = exc
 
@@ -116,7 +140,7 @@ async def call_with_retries(
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(policy.max_retries + 1),
         wait=policy.wait,
-        retry=tenacity.retry_if_exception(lambda exc: policy.should_retry(exc, paid=paid)),
+        retry=tenacity.retry_if_exception(retryable),
         sleep=anyio.sleep,
         before_sleep=_log_retry,
         reraise=True,

@@ -6,6 +6,14 @@ parser) that answers every generate request with a finished task after `--latenc
 flight, and duplicates (the same JSON body seen twice: the runner makes each body unique,
 so a duplicate means a client resent a request). Optional fault rates answer 429/500/503.
 
+Limit modes stand in for an account's limits, answering 429 at once (no latency) past
+them: `--token-bucket R --burst B` (R generations per second) or `--concurrency-limit K`
+(K running at once) or `--random-429 P` (a share P refused whatever the load), with
+`--retry-after ceil|exact|SECONDS`. Under a limit, duplicates
+count only generations carried out (a refused request may rightly come again), and
+`/stats` adds the 429s sent and a time series sampled every `--sample-s` seconds:
+generations running, requests and 429s in each interval.
+
 Usage: `python benchmarks/server.py --latency-ms 100`; prints the port it bound on stdout.
 """
 
@@ -15,7 +23,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import random
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
@@ -49,8 +59,83 @@ class Stats:
                 "requests": self.requests,
                 "peak_in_flight": self.peak_in_flight,
                 "duplicates": self.duplicates,
+                **self.extra(),
             },
         ).encode()
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+
+class LimitStats(Stats):
+    """Counters under a limit: requests, 429s, and what ran, as totals and over time."""
+
+    def __init__(self, sample_s: float) -> None:
+        super().__init__()
+        self.refused = 0
+        self.generated = 0
+        self.sample_s = sample_s
+        self.start = 0.0
+        self.series: list[list[float]] = []  # [running, requests, 429s] per interval
+
+    def sample(self) -> None:
+        if not self.start:
+            self.start = time.monotonic()
+        slot = int((time.monotonic() - self.start) / self.sample_s)
+        while len(self.series) <= slot:
+            self.series.append([self.in_flight, 0, 0])
+
+    def arrived(self, body: bytes, *, refused: bool) -> None:
+        self.sample()
+        self.series[-1][1] += 1
+        if refused:
+            self.requests += 1
+            self.refused += 1
+            self.series[-1][2] += 1
+            return
+        self.started(body)
+        self.generated += 1
+        self.series[-1][0] = max(self.series[-1][0], self.in_flight)
+
+    def extra(self) -> dict[str, Any]:
+        return {
+            "refused": self.refused,
+            "generated": self.generated,
+            "sample_s": self.sample_s,
+            "series": self.series,
+        }
+
+
+class Limit:
+    """A token bucket (rate > 0) or a concurrency limit (limit > 0): None to go on, or a wait."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.rate: float = args.token_bucket
+        self.burst: int = args.burst
+        self.limit: int = args.concurrency_limit
+        self.random: float = args.random_429
+        self.retry_after: str = args.retry_after
+        self.tokens, self.stamp = float(self.burst), time.monotonic()
+
+    def refuse(self, running: int) -> float | None:
+        if self.random:
+            return 1.0 if random.random() < self.random else None
+        if self.limit:
+            return None if running < self.limit else 1.0
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        return (1 - self.tokens) / self.rate
+
+    def header(self, wait: float) -> bytes:
+        if self.retry_after == "ceil" or (self.retry_after == "exact" and not self.rate):
+            return b"retry-after: %d\r\n" % max(1, math.ceil(wait))
+        if self.retry_after == "exact":
+            return b"retry-after: %.3f\r\n" % max(wait, 0.001)
+        return b"retry-after: %s\r\n" % self.retry_after.encode()
 
 
 class Faults:
@@ -90,10 +175,11 @@ def task_body() -> bytes:
 class Server:
     """What every connection needs: the counters, the faults and the latency."""
 
-    def __init__(self, latency: float, faults: Faults) -> None:
-        self.stats = Stats()
+    def __init__(self, latency: float, faults: Faults, limit: Limit | None = None) -> None:
+        self.stats: Stats = Stats()
         self.faults = faults
         self.latency = latency
+        self.limit = limit
 
     def answer(self, method: bytes, path: bytes, body: bytes) -> tuple[bytes, bool]:
         """The response bytes, and whether they count as a generate request in flight."""
@@ -101,12 +187,23 @@ class Server:
             return http_response(200, self.stats.as_json()), False
         if method != b"POST" or path != b"/ai-photo-generate":
             return http_response(404, b'{"error": "not found"}'), False
+        if self.limit is not None:
+            return self.limited(self.limit, body)
         self.stats.started(body)
         status = self.faults.pick()
         if status == 200:
             return http_response(200, task_body()), True
         retry = b"retry-after: 1\r\n" if status == 429 else b""
         return http_response(status, b'{"error": "injected fault"}', retry), True
+
+    def limited(self, limit: Limit, body: bytes) -> tuple[bytes, bool]:
+        """Past the limit, 429 at once, before any work; else a generation after the latency."""
+        stats = cast("LimitStats", self.stats)
+        wait = limit.refuse(stats.in_flight)
+        stats.arrived(body, refused=wait is not None)
+        if wait is not None:
+            return http_response(429, b'{"error": "limit"}', limit.header(wait)), False
+        return http_response(200, task_body()), True
 
 
 class MinimalParser:
@@ -185,7 +282,14 @@ class HttpProtocol(asyncio.Protocol):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    server = Server(args.latency_ms / 1000, Faults(args.p429, args.p500, args.p503))
+    limited = args.token_bucket or args.concurrency_limit or args.random_429
+    server = Server(
+        args.latency_ms / 1000,
+        Faults(args.p429, args.p500, args.p503),
+        Limit(args) if limited else None,
+    )
+    if limited:
+        server.stats = LimitStats(args.sample_s)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(lambda: HttpProtocol(server), "127.0.0.1", args.port)
     print(listener.sockets[0].getsockname()[1], flush=True)
@@ -199,6 +303,12 @@ def main() -> None:
     parser.add_argument("--p429", type=float, default=0.0)
     parser.add_argument("--p500", type=float, default=0.0)
     parser.add_argument("--p503", type=float, default=0.0)
+    parser.add_argument("--token-bucket", type=float, default=0.0, help="generations/s")
+    parser.add_argument("--burst", type=int, default=10)
+    parser.add_argument("--concurrency-limit", type=int, default=0)
+    parser.add_argument("--random-429", type=float, default=0.0, help="a share refused at once")
+    parser.add_argument("--retry-after", default="ceil", help="ceil, exact or seconds")
+    parser.add_argument("--sample-s", type=float, default=0.5)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         run(serve(args))

@@ -415,20 +415,50 @@ async def test_rate_limit_error_after_exhausted_rounds_is_an_outcome(
     assert server.generated == Counter()
 
 
-async def test_adaptive_limit_shrinks_in_steps_to_its_floor_and_grows_back() -> None:
-    """A quarter off per pushback window, never below a quarter, one more per clean window."""
+async def test_adaptive_limit_shrinks_by_one_per_window_and_grows_back() -> None:
+    """One off per pushback window, never below 1, one more per clean window."""
     limit = AdaptiveLimit(16, adaptive=True)
     limit.record(ok=False, overloaded=True)
-    assert limit.current == 12
+    assert limit.current == 15
     limit.record(ok=False, overloaded=True)
-    assert limit.current == 12, "one decrease per window"
+    assert limit.current == 15, "one decrease per window"
     for _ in range(40):
         for _ in range(limit.current):
             limit.record(ok=False, overloaded=True)
-    assert limit.current == 4
-    for _ in range(4):
+    assert limit.current == 1
+    limit.record(ok=True, overloaded=False)
+    assert limit.current == 2
+    for _ in range(2):
         limit.record(ok=True, overloaded=False)
-    assert limit.current == 5
+    assert limit.current == 3
+
+
+async def test_adaptive_limit_lands_on_what_the_server_took() -> None:
+    """A 429 to a request sent with 33 in flight cuts toward 32, an eighth at most per window."""
+    limit = AdaptiveLimit(64, adaptive=True)
+    limit.record(ok=False, overloaded=True, sent_with=33)
+    assert limit.current == 56
+    for sent_with in range(34, 65):
+        limit.record(ok=False, overloaded=True, sent_with=sent_with)
+    assert limit.current == 56, "later refusals of the same window change nothing"
+    seen = []
+    for _ in range(7):
+        for _ in range(limit.current):
+            limit.record(ok=False, overloaded=True, sent_with=33)
+        seen.append(limit.current)
+    assert seen == [49, 42, 36, 35, 34, 33, 32], "an eighth off while the gap is clear"
+
+
+async def test_scattered_pushback_costs_no_more_than_successes_win_back() -> None:
+    """2% of requests refused at random, whatever the load: the limit stays near its ceiling."""
+    rng = random.Random(5)
+    limit = AdaptiveLimit(64, adaptive=True)
+    seen = []
+    for _ in range(20_000):
+        refused = rng.random() < 0.02
+        limit.record(ok=not refused, overloaded=refused, sent_with=limit.current)
+        seen.append(limit.current)
+    assert sum(seen) / len(seen) > 56
 
 
 async def test_adaptive_limit_holds_in_flight_under_a_lowered_limit() -> None:
@@ -450,10 +480,10 @@ async def test_adaptive_limit_holds_in_flight_under_a_lowered_limit() -> None:
         for _ in range(8):
             tg.start_soon(request)
         await anyio.lowlevel.checkpoint()
-        limit.record(ok=False, overloaded=True)
-        assert limit.current == 6
+        limit.record(ok=False, overloaded=True, sent_with=2)
+        assert limit.current == 7
         await anyio.sleep(0.005)
         lowered.set()
         for _ in range(200):
             tg.start_soon(request)
-    assert peak == 6
+    assert peak == 7

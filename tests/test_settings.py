@@ -141,7 +141,7 @@ async def test_a_view_uses_its_own_retries_and_its_429_pauses_the_client(
     fake.inject_fault(Fault.TOO_MANY_REQUESTS, path="/account", retry_after=0.2)
     with pytest.raises(RateLimitError):
         await client.with_options(max_retries=0).account()
-    assert client._sender._resume_at > 0
+    assert client._sender._pause.resume_at > 0
     fake.inject_fault(Fault.TOO_MANY_REQUESTS, path="/account", retry_after=0)
     await client.account()  # the client itself still retries
     assert [c.status for c in fake.calls("/account")] == [429, 429, 200]

@@ -2,7 +2,8 @@
 
 `FakeApiframe` is an ASGI app that speaks the APIFRAME v1 AI Photos API: it validates
 requests, moves tasks along their statuses, charges credits, serves real PNG images,
-POSTs webhooks, injects faults (`Faults`, `Fault`) and records every request
+POSTs webhooks, injects faults (`Faults`, `Fault`), enforces an account's limits
+(`TokenBucket`, `ConcurrencyLimit`) and records every request
 (`RecordedCall`) and webhook (`WebhookDelivery`) for assertions.
 
 Example:
@@ -22,17 +23,20 @@ With pytest, the `apiframe_fake` fixture gives a fresh `FakeApiframe` per test.
 
 from apiframe_async.testing._fake import FakeApiframe, FakeOptions, run_fake_server
 from apiframe_async.testing._faults import Fault, Faults
+from apiframe_async.testing._limits import ConcurrencyLimit, TokenBucket
 from apiframe_async.testing._png import render_png
 from apiframe_async.testing._records import RecordedCall, WebhookDelivery
 from apiframe_async.testing._server import FakeServer
 
 __all__ = [
+    "ConcurrencyLimit",
     "FakeApiframe",
     "FakeOptions",
     "FakeServer",
     "Fault",
     "Faults",
     "RecordedCall",
+    "TokenBucket",
     "WebhookDelivery",
     "render_png",
     "run_fake_server",

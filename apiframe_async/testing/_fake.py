@@ -32,6 +32,7 @@ from apiframe_async.testing._asgi import (
     respond,
 )
 from apiframe_async.testing._faults import Decision, Fault, FaultPlan, Faults
+from apiframe_async.testing._limits import Limit, Limits
 from apiframe_async.testing._png import render_png
 from apiframe_async.testing._records import Auth, RecordedCall, Recorder, WebhookDelivery
 from apiframe_async.testing._server import FakeServer, run_blocking
@@ -74,6 +75,7 @@ class FakeOptions(TypedDict, total=False):
     step_seconds: float | None
     failure_rate: float
     faults: Faults | Iterable[Faults] | None
+    limits: Limit | Iterable[Limit] | None
     seed: int | None
     webhook_client: httpx.AsyncClient | None
     webhook_grace: float
@@ -147,6 +149,9 @@ class FakeApiframe:
             With a webhook and a background runner, steps are POSTed without any fetch.
         failure_rate: share of new tasks that end `failed` (with `message` and `error`).
         faults: random faults, for every route or some (see `Faults`).
+        limits: an account's limits, checked at each request's arrival before any
+            fault or work: a `TokenBucket` (rate) or a `ConcurrencyLimit` (at once),
+            answering 429 with `Retry-After` past them.
         seed: makes task ids and failures reproducible.
         webhook_client: the client that POSTs webhooks (e.g. on an `httpx.ASGITransport`
             to the receiving app); default: a plain `httpx.AsyncClient`. Under `serve()` it
@@ -196,6 +201,7 @@ class FakeApiframe:
         step_seconds: float | None = None,
         failure_rate: float = 0.0,
         faults: Faults | Iterable[Faults] | None = None,
+        limits: Limit | Iterable[Limit] | None = None,
         seed: int | None = None,
         webhook_client: httpx.AsyncClient | None = None,
         webhook_grace: float = 5.0,
@@ -228,6 +234,7 @@ class FakeApiframe:
         self._service = Service(settings, credits=credits, account=account, seed=seed, clock=clock)
         self._plan = FaultPlan()
         self.set_faults(faults)
+        self.set_limits(limits)
         self._recorder = Recorder(max_records)
         self._webhook_client = webhook_client
         self._webhook_grace = webhook_grace
@@ -314,6 +321,19 @@ class FakeApiframe:
             _check_routes(each.paths or ())
         with self._service.lock:
             self._plan.faults = chosen
+
+    def set_limits(self, limits: Limit | Iterable[Limit] | None) -> None:
+        """Replace the limits (None: no limits); the new ones start afresh.
+
+        Example:
+            ```python
+            fake.set_limits(TokenBucket(rate=5, burst=2, retry_after="exact"))
+            ```
+        """
+        chosen = (limits,) if isinstance(limits, Limit) else tuple(limits or ())
+        for each in chosen:
+            _check_routes(each.paths)
+        self._limits = Limits(chosen)
 
     def inject_fault(
         self,
@@ -543,9 +563,20 @@ class FakeApiframe:
         request = self._parse(scope, b"")  # recorded as is if reading the body fails
         try:
             request = self._parse(scope, await read_body(receive))
-            await self._serve(request, trace, send)
+            await self._within_limits(request, trace, send)
         finally:
             self._recorder.leave(key, self._record(request, trace, started))
+
+    async def _within_limits(self, request: _Request, trace: _Trace, send: Send) -> None:
+        refusal, held = self._limits.enter(request.route or request.name)
+        if refusal is not None:
+            trace.decision = refusal
+            await self._refuse(send, refusal, trace)
+            return
+        try:
+            await self._serve(request, trace, send)
+        finally:
+            self._limits.leave(held)
 
     async def _serve(self, request: _Request, trace: _Trace, send: Send) -> None:
         with self._service.lock:

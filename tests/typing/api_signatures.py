@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, assert_type
@@ -84,12 +85,14 @@ from apiframe_async import (
     verify_webhook,
 )
 from apiframe_async.testing import (
+    ConcurrencyLimit,
     FakeApiframe,
     FakeOptions,
     FakeServer,
     Fault,
     Faults,
     RecordedCall,
+    TokenBucket,
     WebhookDelivery,
     render_png,
     run_fake_server,
@@ -434,6 +437,7 @@ async def fake_server(receiver_client: httpx.AsyncClient) -> None:
         step_seconds=0.5,
         failure_rate=0.0,
         faults=[Faults(rate_429=0.1, retry_after=0, seed=1), Faults(paths={"/fetch"})],
+        limits=TokenBucket(rate=10.0, burst=2),
         seed=3,
         webhook_client=receiver_client,
         webhook_grace=1.0,
@@ -465,6 +469,11 @@ async def fake_server(receiver_client: httpx.AsyncClient) -> None:
     fake.restore(state)
     fake.set_faults(Faults(rate_503=0.5))
     fake.set_faults(None)
+    fake.set_limits([TokenBucket(rate=100.0, burst=10, retry_after="exact"), ConcurrencyLimit(32)])
+    fake.set_limits(TokenBucket(rate=5, retry_after=1.5, paths={"/fetch"}, clock=time.monotonic))
+    fake.set_limits(ConcurrencyLimit(limit=4, retry_after=None, paths={"/ai-photo-generate"}))
+    fake.set_limits(None)
+    assert_type(ConcurrencyLimit(2).running, int)
     fake.inject_fault(Fault.DROP_AFTER_WORK, path="/ai-photo-generate", times=2, retry_after=0)
     fake.inject_fault(path="/fetch", delay=0.5)
     fake.fail_next_task("/ai-photo-train", reason="Not enough faces")
