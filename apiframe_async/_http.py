@@ -154,8 +154,6 @@ class Sender:
         self._timeouts = timeout.as_dict()
         self._pause = Pause(max_wait=retry.max_retry_after)
         self._closed = False
-        #: 429 and 503 answers seen so far, including answers that a retry then got past.
-        self.pushbacks = 0
 
     def __repr__(self) -> str:
         """Name the server, never the key."""
@@ -271,7 +269,6 @@ class Sender:
             return Reply(_decode(response, method, url, self._redact), response, self._redact)
         error = status_error(response, method=method, url=url, task_id=task_id, redact=self._redact)
         if response.status_code in _PUSHBACK_STATUSES:
-            self.pushbacks += 1
             self._pause.pushed_back(error.retry_after, ticket=ticket, in_flight=in_flight)
         raise error
 
