@@ -3,6 +3,8 @@
 A redirect loop, a corrupt gzip body, a body cut short, a bad URL, a host that refuses
 connections: each is a `DownloadError` with the photo's URL, the other photos are saved,
 no temporary file is left behind, and a bulk job goes on and records it in its manifest.
+The broken host stands in for a public one, so the download guard lets it through
+(`allow_private_addresses=True`).
 """
 
 from __future__ import annotations
@@ -120,7 +122,9 @@ async def test_download_raises_a_typed_error_never_httpx(
     """download() raises an error of our tree naming the URL, and leaves no partial file."""
     path, kind, reason = case
     with pytest.raises(ApiframeError) as caught:
-        await download([f"{host}{path}"], tmp_path, http_client=http, retry=FAST)
+        await download(
+            [f"{host}{path}"], tmp_path, http_client=http, retry=FAST, allow_private_addresses=True
+        )
     assert type(caught.value) is kind
     assert getattr(caught.value, "url", None) == f"{host}{path}"
     assert reason in str(caught.value)
@@ -140,7 +144,7 @@ async def test_a_url_that_cannot_be_fetched_is_a_download_error(
 ) -> None:
     """A malformed or unfetchable URL is refused with DownloadError, not httpx.InvalidURL."""
     with pytest.raises(DownloadError) as caught:
-        await download([url], tmp_path, http_client=http, retry=FAST)
+        await download([url], tmp_path, http_client=http, retry=FAST, allow_private_addresses=True)
     assert caught.value.url == url
 
 
@@ -160,7 +164,9 @@ async def test_every_photo_that_can_be_saved_is_saved(
         f"{host}/ok/7.png",
     )
     gen = Generation(task_id="task-a", status=TaskStatus.FINISHED, image_urls=urls)
-    saved = await save_photos(gen, tmp_path, http_client=http, retry=FAST)
+    saved = await save_photos(
+        gen, tmp_path, http_client=http, retry=FAST, allow_private_addresses=True
+    )
     assert [p.name for p in saved.files] == ["task-a-0.png", "task-a-2.png", "task-a-7.png"]
     assert all(p.read_bytes() == PNG for p in saved.files)
     assert [f.url for f in saved.failures] == [urls[1], urls[3], urls[4], urls[5], refused]
@@ -173,7 +179,9 @@ async def test_a_cancelled_download_leaves_no_partial_file(
 ) -> None:
     """Cancelled mid-body, the temporary file is removed, not left at zero or half size."""
     with anyio.move_on_after(0.5) as scope:
-        await download([f"{host}/stall"], tmp_path, http_client=http, retry=FAST)
+        await download(
+            [f"{host}/stall"], tmp_path, http_client=http, retry=FAST, allow_private_addresses=True
+        )
     assert scope.cancelled_caught
     assert list(tmp_path.iterdir()) == []
 
@@ -216,6 +224,7 @@ async def test_a_bulk_job_records_failed_downloads_and_a_resume_fetches_them(
                     manifest=manifest,
                     journal=book,
                     download_client=broken,
+                    allow_private_addresses=True,
                 )
         with (tmp_path / "second.jsonl").open("w") as manifest:
             second = await run_bulk_job(client, requests, out, manifest=manifest, journal=book)
