@@ -46,7 +46,8 @@ class RetryPolicy:
     """How requests are retried. Immutable; pass one to `AsyncApiframe(retry=...)`.
 
     Attributes:
-        max_retries: Retries after the first attempt (0 disables retrying).
+        max_retries: Retries after the first attempt (0 disables retrying, a bulk job's
+            re-runs of requests turned away by 429 or 503 included).
         initial_backoff: Upper bound, in seconds, of the first random wait.
         max_backoff: Cap on any wait computed by backoff (not on `Retry-After`).
         max_retry_after: The longest `Retry-After` waited out; above it, the
@@ -97,8 +98,10 @@ def pushback_wait(policy: RetryPolicy, exc: APIStatusError, attempt: int) -> flo
     """Seconds before pushback `exc` is tried again (attempt 0 is the first retry).
 
     The server's `Retry-After` when it sent one, else full jitter; None when the
-    `Retry-After` is longer than the policy waits out.
+    `Retry-After` is longer than the policy waits out, or the policy retries nothing.
     """
+    if policy.max_retries == 0:
+        return None
     if exc.retry_after is not None:
         return None if exc.retry_after > policy.max_retry_after else exc.retry_after
     cap = min(policy.max_backoff, policy.initial_backoff * 2**attempt)
