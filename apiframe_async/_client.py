@@ -273,6 +273,7 @@ class AsyncApiframe:
         # What a `with_options()` view changes; None: the shared sender's own.
         self._call_timeout: httpx.Timeout | None = None
         self._call_retry: RetryPolicy | None = None
+        self._is_view = False
 
     def with_options(
         self,
@@ -309,7 +310,8 @@ class AsyncApiframe:
             RequestValidationError: A setting is not valid (the field names it).
         """
         view = copy.copy(self)
-        view._owns_http_client = False  # noqa: SLF001 -- a view of our own class
+        view._is_view = True  # noqa: SLF001 -- a view of our own class
+        view._owns_http_client = False  # noqa: SLF001
         view._unsubscribe = None  # noqa: SLF001
         if timeout is not None:
             view._call_timeout = checked_timeout(timeout)  # noqa: SLF001
@@ -367,8 +369,10 @@ class AsyncApiframe:
         """Close the HTTP client if this client created it; a borrowed one stays open.
 
         From then on every request is refused with `ClientClosedError`, nothing sent.
-        Closing again does nothing.
+        Closing again does nothing, and closing a view (see `with_options`) neither.
         """
+        if self._is_view:
+            return
         self._sender.close()
         if self._unsubscribe is not None:
             self._unsubscribe()

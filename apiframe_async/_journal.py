@@ -367,10 +367,13 @@ class Journal:
         else:
             state = _STATE_OF_CHARGE[charge_of(error)]
             result_text, error_text = None, _error_json(error)
-        # An accepted task keeps its id: a later wait needs it.
+        # An accepted task keeps its id: a later wait needs it. Only a row this run sent
+        # (or is waiting on) changes: a failure before the bytes left (no slot in time, a
+        # budget) leaves what an earlier run recorded, an uncertain send above all.
         await self._run(
             "UPDATE items SET state = ?, result = ?, error = ?, updated_at = ?, "
-            "task_id = COALESCE(?, task_id) WHERE key = ? AND occurrence = ?",
+            "task_id = COALESCE(?, task_id) WHERE key = ? AND occurrence = ? "
+            "AND state IN ('sending', 'accepted')",
             state,
             result_text,
             error_text,

@@ -27,6 +27,7 @@ from apiframe_async import (
     APIStatusError,
     AsyncApiframe,
     AuthenticationError,
+    BudgetExceededError,
     ClientError,
     GenerateRequest,
     Generation,
@@ -313,6 +314,40 @@ async def test_journal_states_follow_the_charge(
         assert all(isinstance(o.error, UncertainSubmissionError) for o in second)
         assert len(fake.calls(GENERATE)) == sent
     assert max(fake.generate_count_by_prompt().values(), default=1) == 1
+
+
+async def test_a_resend_refused_before_sending_keeps_the_earlier_uncertainty(
+    tmp_path: Path,
+) -> None:
+    """An uncertain item that a resend run never sent (over budget) stays uncertain."""
+    fake = FakeApiframe(seed=8)
+    training_id = fake.add_trained_model()
+    journal = tmp_path / "job.sqlite"
+    requests = _requests(training_id, 2)
+    async with fake.serve() as base_url:
+        client = AsyncApiframe(fake.api_key, base_url=base_url, retry=RetryPolicy(max_retries=0))
+        async with client:
+            fake.set_faults(Faults(rate_drop_after=1.0, paths=[GENERATE]))
+            await _run(client, requests, concurrency=1, journal=journal)
+            fake.set_faults(None)
+            with Journal(journal) as opened:
+                assert opened.counts() == {"uncertain": 2}
+            # The caller resends, but the budget lets only the first one go.
+            resent = await _run(
+                client,
+                requests,
+                concurrency=1,
+                journal=journal,
+                on_uncertain="resend",
+                max_credits=1,
+            )
+            assert resent[0].ok
+            assert isinstance(resent[1].error, BudgetExceededError)
+            with Journal(journal) as opened:
+                assert opened.counts() == {"done": 1, "uncertain": 1}
+            third = await _run(client, requests, concurrency=1, journal=journal)
+    assert isinstance(third[1].error, UncertainSubmissionError)
+    assert fake.generate_count_by_prompt() == {"p 0": 2, "p 1": 1}
 
 
 async def test_an_accepted_item_is_waited_on_never_resent(tmp_path: Path) -> None:

@@ -183,8 +183,8 @@ def test_each_change_of_the_adaptive_limit_is_logged(caplog: pytest.LogCaptureFi
         limit.record(ok=True, overloaded=False)
     messages = [r.getMessage() for r in _records(caplog, logging.INFO)]
     assert messages == [
-        "server pushed back: concurrency lowered to 6",
-        "no pushback for a window: concurrency raised to 7",
+        "server pushed back: concurrency lowered to 7",
+        "no pushback for a window: concurrency raised to 8",
     ]
 
 
