@@ -57,8 +57,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+# Soft wrap: a line of ours is one line to a script reading it, whatever the terminal width.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def plain(text: object) -> Text:

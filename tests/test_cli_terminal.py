@@ -59,6 +59,18 @@ def _assert_clean(output: str) -> None:
         assert char not in output
 
 
+def test_a_long_line_stays_one_line_on_a_narrow_terminal(tmp_path: Path) -> None:
+    """A script reading our output gets one line per message, whatever the width."""
+    result = apiframe(
+        tmp_path,
+        *("account", "--api-key", "k", "--base-url", "api.apiframe.pro"),
+        env=_env(tmp_path, COLUMNS="40"),
+        code=1,
+    )
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "(allowed: https://host[/path])" in result.stderr
+
+
 def test_a_base_url_with_markup_like_text_is_printed_literally(tmp_path: Path) -> None:
     """`--base-url api.apiframe.pro`: one error line with `[/path]` intact, no MarkupError."""
     result = apiframe(
