@@ -28,9 +28,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     ProgressColumn,
-    TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.progress import Progress as ProgressBar
@@ -295,8 +293,8 @@ class _LiveColumn(ProgressColumn):
 
     def render(self, task: Any) -> Text:  # noqa: ANN401 -- rich's Task
         p = self.progress or Progress()
-        speed = f"{task.speed:.1f}/s" if task.speed else "-/s"
-        return Text(f"failed {p.failed}  in flight {p.in_flight}  credits {p.credits}  {speed}")
+        speed = f"{task.speed:.0f}/s" if task.speed else "-/s"
+        return Text(f"failed {p.failed} in flight {p.in_flight} credits {p.credits} {speed}")
 
 
 def _read_lines(source: str) -> list[str]:
@@ -461,13 +459,11 @@ def generate_many(
                 await _check_balance(session.client, most, allow_over=allow_over_balance)
             out_dir.mkdir(parents=True, exist_ok=True)
             live = _LiveColumn()
+            # Narrow enough for an 80-column terminal (or a CI log) to keep it on one line.
             columns = (
-                TextColumn("[bold]generating"),
-                BarColumn(),
+                BarColumn(bar_width=12),
                 MofNCompleteColumn(),
-                TaskProgressColumn(),
                 live,
-                TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
             )
