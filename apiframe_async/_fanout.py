@@ -357,7 +357,9 @@ class BulkJob(Generic[T]):
             math.inf
         )
         self._task_group: TaskGroup | None = None
-        self._workers_left = 2 * concurrency
+        self._workers_left = concurrency
+        # Workers waiting out a re-run's Retry-After without a place (see `_rest`).
+        self._resting = 0
         self._next_index = 0
         self._reorder: dict[int, Outcome[T] | _Skipped] = {}
         self._leftovers: list[Outcome[T]] = []
@@ -366,8 +368,6 @@ class BulkJob(Generic[T]):
         """Start the workers."""
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        # Twice as many workers as places: a turned-away request waits out its Retry-After
-        # in its worker without a place, while a spare worker's request takes the place.
         for _ in range(self._workers_left):
             self._task_group.start_soon(self._worker)
         return self
@@ -459,6 +459,24 @@ class BulkJob(Generic[T]):
             if self._workers_left == 0:
                 self._send.close()
 
+    async def _rest(self, seconds: float) -> None:
+        """Wait out a re-run's delay without a place, while a spare worker uses it.
+
+        A spare is started only when a worker rests and fewer than `concurrency` are
+        busy: a job without pushback runs `concurrency` workers (a spare for each place
+        would cost every request a task switch), and the window, which bounds what is
+        pulled, bounds the workers that rest.
+        """
+        self._resting += 1
+        if self._workers_left - self._resting < self._concurrency:
+            assert self._task_group is not None  # noqa: S101 -- set by __aenter__
+            self._workers_left += 1
+            self._task_group.start_soon(self._worker)
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            self._resting -= 1
+
     async def _run_one(self, index: int, item: object) -> Outcome[T] | _Skipped:
         """The item's outcome, or a marker for a replayed item the caller does not want."""
         try:
@@ -498,7 +516,7 @@ class BulkJob(Generic[T]):
                     self._limit.took(anyio.current_time() - started)
                     self._count(error=None, sent_with=sent_with)
                     break
-            await anyio.sleep(wait - held)
+            await self._rest(wait - held)
         else:
             raise AssertionError  # pragma: no cover -- the last round returns or breaks
         if isinstance(result, Replay):
