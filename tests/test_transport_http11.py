@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 import httpx
 import pytest
+from raw_server import Conn, Server, serving
 
 from apiframe_async._transport import PooledTransport
 
@@ -21,66 +22,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
 pytestmark = pytest.mark.anyio
-
-_DISCONNECTS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
-
-
-class Conn:
-    """The server side of one connection."""
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def request(self) -> bytes:
-        """Read one request (head and Content-Length body); its request line."""
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += await self.stream.receive()
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.lower().split(b"\r\n"):
-            if line.startswith(b"content-length:"):
-                length = int(line.partition(b":")[2])
-        while len(self.buffer) < length:
-            self.buffer += await self.stream.receive()
-        self.buffer = self.buffer[length:]
-        return head.partition(b"\r\n")[0]
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send(data)
-
-    async def until_closed(self) -> None:
-        while True:
-            await self.stream.receive()
-
-
-class Server:
-    """Runs `handler` per connection; counts connections accepted and closed."""
-
-    def __init__(self, handler: Callable[[Conn], Awaitable[None]]) -> None:
-        self.handler = handler
-        self.accepted = 0
-        self.closed = 0
-        self.url = ""
-
-    async def handle(self, stream: anyio.abc.ByteStream) -> None:
-        self.accepted += 1
-        async with stream:
-            with contextlib.suppress(*_DISCONNECTS):
-                await self.handler(Conn(stream))
-        self.closed += 1
-
-
-@contextlib.asynccontextmanager
-async def serving(handler: Callable[[Conn], Awaitable[None]]) -> AsyncIterator[Server]:
-    server = Server(handler)
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio
-        server.url = f"http://127.0.0.1:{port}"
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, server.handle)
-            yield server
-            tg.cancel_scope.cancel()
 
 
 def answering(raw: bytes) -> Callable[[Conn], Awaitable[None]]:

@@ -5,7 +5,6 @@ Raw loopback servers (plain TCP and TLS with trustme certificates), on asyncio a
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 import struct
 import tracemalloc
@@ -18,73 +17,18 @@ import anyio.streams.tls
 import httpx
 import pytest
 import trustme
+from raw_server import Conn, Server, serving
 
 from apiframe_async import AsyncApiframe, RequestValidationError, ResponseValidationError
 from apiframe_async._http import ACCOUNT
 from apiframe_async._transport import PooledTransport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import Awaitable, Callable
 
 pytestmark = pytest.mark.anyio
 
-_DISCONNECTS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
-
 LIMIT = 1024 * 1024
-
-
-class Server:
-    """A loopback server that runs `handler` per connection, counting connections."""
-
-    def __init__(self, handler: Callable[[Conn], Awaitable[None]]) -> None:
-        self.handler = handler
-        self.accepted = 0
-        self.url = ""
-
-    async def handle(self, stream: anyio.abc.ByteStream) -> None:
-        self.accepted += 1
-        async with stream:
-            with contextlib.suppress(*_DISCONNECTS):
-                await self.handler(Conn(stream))
-
-
-class Conn:
-    """The server side of one connection."""
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def request(self) -> bytes:
-        """Read one request head (our requests here have no body); its request line."""
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += await self.stream.receive()
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        return head.partition(b"\r\n")[0]
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send(data)
-
-    async def idle(self) -> None:
-        while True:
-            await self.stream.receive()
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    handler: Callable[[Conn], Awaitable[None]], tls: ssl.SSLContext | None = None
-) -> AsyncIterator[Server]:
-    server = Server(handler)
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as tcp:
-        port = tcp.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 - anyio
-        server.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-        listener: anyio.abc.Listener[anyio.abc.ByteStream] = tcp
-        if tls is not None:
-            listener = anyio.streams.tls.TLSListener(tcp, tls, standard_compatible=False)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, server.handle)
-            yield server
-            tg.cancel_scope.cancel()
 
 
 def reply(body: bytes, headers: bytes = b"content-type: application/json\r\n") -> bytes:
@@ -99,7 +43,7 @@ def answering(*replies: bytes) -> Callable[[Conn], Awaitable[None]]:
         while queue:
             await conn.request()
             await conn.send(queue.pop(0))
-        await conn.idle()
+        await conn.until_closed()
 
     return handler
 
