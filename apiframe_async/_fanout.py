@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -493,7 +494,7 @@ class BulkJob(Generic[T]):
                 if self.progress.stopped_by is not None:
                     return await self._not_sent(index, request, claim, self.progress.stopped_by)
                 self.progress.in_flight += 1
-                started = anyio.current_time()
+                started = time.monotonic()
                 try:
                     result = await self._work(request, claim)
                 except ApiframeError as exc:
@@ -513,7 +514,7 @@ class BulkJob(Generic[T]):
                     held = min(wait, self._limit.typical_seconds / 4)
                     await anyio.sleep(held)
                 else:
-                    self._limit.took(anyio.current_time() - started)
+                    self._limit.took(time.monotonic() - started)
                     self._count(error=None, sent_with=sent_with)
                     break
             await self._rest(wait - held)

@@ -54,7 +54,34 @@ _NOT_SENT = (
 BeforeSend = Callable[[], Awaitable[None]]
 
 _PUSHBACK_STATUSES = frozenset({429, 503})
-_NO_CONTENT = httpx.ByteStream(b"")
+# Request headers kept ready for this many body sizes, at most.
+_MAX_HEADER_SIZES = 512
+
+
+class _DirectRequest(httpx.Request):
+    """An `httpx.Request` of our own client, made from parts its `Sender` prepared once.
+
+    `httpx.Request()` wraps the URL again, rebuilds and searches the headers and encodes
+    the body: for a request whose every part is already final that was a tenth of the CPU
+    the request costs. The result is the same: the attributes `httpx.Request` documents,
+    its own copy of the headers, and the body read, as `content=` would have it.
+    """
+
+    # Sets every attribute httpx.Request.__init__ sets, without calling it.
+    def __init__(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: httpx.Headers,
+        content: bytes,
+        timeouts: dict[str, float | None],
+    ) -> None:
+        self.method = method
+        self.url = url
+        self.headers = httpx.Headers(headers)
+        self.extensions = {"timeout": timeouts}
+        self.stream = httpx.ByteStream(content)
+        self.read()
 
 
 @attrs.frozen
@@ -151,6 +178,7 @@ class Sender:
         direct = {"Host": httpx.URL(self._base_url).netloc.decode("ascii"), **self._headers}
         self._direct_headers = httpx.Headers(direct)
         self._direct_json_headers = httpx.Headers({**direct, "Content-Type": "application/json"})
+        self._json_headers: dict[int, httpx.Headers] = {}
         self._timeouts = timeout.as_dict()
         self._pause = Pause(max_wait=retry.max_retry_after)
         self._closed = False
@@ -318,21 +346,22 @@ class Sender:
         self, endpoint: Endpoint, content: bytes | None, timeout: TimeoutTypes
     ) -> httpx.Request:
         # Our own client: nothing of its configuration is left to merge in, and the
-        # headers httpx would add (Host, Content-Length) are ours to add. Given a stream,
-        # httpx.Request skips re-encoding the body and rebuilding every header: a tenth
-        # of the CPU a request costs.
+        # headers httpx would add (Host, Content-Length) are ours to add.
         timeouts = self._timeouts if timeout is None else httpx.Timeout(timeout).as_dict()
-        request = httpx.Request(
-            endpoint.method,
-            self._url(endpoint.path),
-            headers=self._direct_headers if content is None else self._direct_json_headers,
-            stream=_NO_CONTENT if content is None else httpx.ByteStream(content),
-            extensions={"timeout": timeouts},
+        headers = self._direct_headers if content is None else self._headers_for(len(content))
+        return _DirectRequest(
+            endpoint.method, self._url(endpoint.path), headers, content or b"", timeouts
         )
-        if content is not None:
-            request.headers["Content-Length"] = str(len(content))
-        request.read()  # `request.content`, as httpx.Request(content=...) would have it
-        return request
+
+    def _headers_for(self, size: int) -> httpx.Headers:
+        # Bodies of one kind come in few sizes: each size's headers are made once.
+        headers = self._json_headers.get(size)
+        if headers is None:
+            if len(self._json_headers) >= _MAX_HEADER_SIZES:
+                self._json_headers.clear()
+            headers = self._json_headers[size] = httpx.Headers(self._direct_json_headers)
+            headers["Content-Length"] = str(size)
+        return headers
 
     async def _send(self, request: httpx.Request, method: str, url: str) -> httpx.Response:
         if self._transport is None:

@@ -20,10 +20,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 import httpx
 
@@ -31,7 +30,7 @@ from ._errors import APIStatusError
 from ._terminal import escape_controls
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span, Tracer, TracerProvider
 
 logger = logging.getLogger("apiframe_async")
 
@@ -72,6 +71,8 @@ class _TerminalFormatter(logging.Formatter):
 # -- OpenTelemetry, looked up lazily once ------------------------------------------------
 
 _trace_module: ModuleType | bool | None = False  # False: not looked for yet
+_UNKNOWN: Final = object()
+_PROVIDER_FROM_ENV: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 # The tracer of the provider last seen (an application may replace its provider).
 _tracer_of: dict[str, tuple[object, Tracer]] = {}
 
@@ -88,34 +89,50 @@ def _trace_api() -> ModuleType | None:
     return _trace_module  # type: ignore[return-value]  # narrowed above
 
 
+def _provider(trace: ModuleType) -> TracerProvider | None:
+    # Asked once or twice per request: the API's `get_tracer_provider()` looks the
+    # OTEL_PYTHON_TRACER_PROVIDER variable up in os.environ each time no provider is set,
+    # which cost a request 4% of its CPU. The provider it returns is the module's global,
+    # set once by `set_tracer_provider()`; read that, and ask the API only when the global
+    # is not there or the variable is set (the API then loads the provider it names).
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None and not _PROVIDER_FROM_ENV:
+        return None
+    if provider is None or provider is _UNKNOWN:
+        provider = trace.get_tracer_provider()
+    return cast("TracerProvider", provider)
+
+
 def tracer() -> Tracer | None:
     """Our tracer, or None when OpenTelemetry is missing or no tracer provider is set."""
     trace = _trace_api()
     if trace is None:
         return None
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+    provider = _provider(trace)
+    if provider is None:
         return None
     cached = _tracer_of.get("provider")
-    if cached is None or cached[0] is not provider:
-        from importlib.metadata import version  # noqa: PLC0415 -- once per provider
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    from importlib.metadata import version  # noqa: PLC0415 -- once per provider
 
-        cached = _tracer_of["provider"] = (
-            provider,
-            provider.get_tracer("apiframe_async", version("apiframe-async")),
-        )
-    return cached[1]
+    found = provider.get_tracer("apiframe_async", version("apiframe-async"))
+    _tracer_of["provider"] = (provider, found)
+    return found
 
 
-@contextmanager
-def operation(name: str, **attributes: str) -> Iterator[Span | None]:
+def operation(name: str, **attributes: str) -> AbstractContextManager[Span | None]:
     """A parent span (when tracing) around a whole operation, such as one `generate()`."""
     found = tracer()
     if found is None:
-        yield None
-        return
-    with found.start_as_current_span(name, attributes=attributes) as span:
-        yield span
+        return _NO_SPAN
+    return found.start_as_current_span(name, attributes=attributes)
+
+
+# Shared: a nullcontext holds no state of its own.
+_NO_SPAN: Final[AbstractContextManager[None]] = nullcontext()
 
 
 def set_task_id(span: Span | None, task_id: str) -> None:

@@ -5,7 +5,7 @@ httpx's default transport (httpcore 1.0.9) rescans every pooled connection, with
 request costs. Here each origin has a LIFO stack of idle connections: a request pops the most
 recently used one, checks that one only, and the connection goes back on the stack once its
 response has been read to the end. There is no connection cap: the limiter above bounds
-concurrency.
+concurrency. The bytes of each connection come and go through `_connections`.
 
 Errors map to httpx's classes by the phase they happen in, because retry decisions depend
 on it:
@@ -21,202 +21,37 @@ on it:
 from __future__ import annotations
 
 import functools
-import os
 import re
-import select
-import socket
 import ssl
 import time
 from collections import deque
-from typing import TYPE_CHECKING, NamedTuple, Protocol, Self, TypeAlias, cast
+from typing import TYPE_CHECKING, Protocol, Self, TypeAlias
 
 import anyio
 import anyio.abc
-import anyio.streams.tls
 import httpx
+import sniffio
 
+from ._connections import Connection, StreamConnection, open_protocol_connection
 from ._network import VerifyTypes, open_tunnel, ssl_context
 from ._parser import ResponseParser
 
 if TYPE_CHECKING:
-    import asyncio.trsock
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Mapping
     from types import TracebackType
 
 __all__ = ["PooledTransport", "buffered_content"]
 
-_READ_SIZE = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-_INF = float("inf")
 _CLOSE = re.compile(rb"\r\nconnection:[^\r]*\bclose\b", re.IGNORECASE)
 
 _Origin: TypeAlias = tuple[str, str, int]
 
 
-class _Connection:
-    """One socket, read and written directly when it is plain TCP.
-
-    anyio's stream on asyncio goes through asyncio's transport and protocol, and registers
-    and unregisters the socket with epoll on every receive: a third of the transport's CPU.
-    Plain TCP is therefore read and written on the non-blocking socket itself, waiting with
-    `anyio.wait_readable`/`wait_writable` only when it would block; anyio's stream stays
-    the owner that closes it. TLS goes through anyio's `TLSStream`.
-    """
-
-    __slots__ = ("_duplicate", "_scope", "closed", "idle_since", "socket", "stream", "tls")
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        self.stream = stream
-        self.tls = isinstance(stream, anyio.streams.tls.TLSStream)
-        self.socket = _own_socket(stream)
-        self._duplicate = self.socket is not stream.extra(anyio.abc.SocketAttribute.raw_socket)  # noqa: S610
-        self.idle_since = 0.0
-        self.closed = False
-        # The wait in progress, so that closing the transport can end it.
-        self._scope: anyio.CancelScope | None = None
-
-    def is_stale(self, now: float, expiry: float | None) -> bool:
-        """Whether reuse must not be tried: idle too long, or the server closed or spoke."""
-        if expiry is not None and now - self.idle_since > expiry:
-            return True
-        return _is_readable(self.socket) or (self.tls and _tls_pending(self.stream))
-
-    def abort(self) -> None:
-        """Mark closed and wake a read or write waiting on it (closing from another task)."""
-        self.closed = True
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def aclose(self) -> None:
-        """Close the socket; forcefully: this also runs in cancelled scopes."""
-        self.abort()
-        if self._duplicate:
-            self.socket.close()
-        await anyio.aclose_forcefully(self.stream)
-
-    async def receive(self, request: httpx.Request, timeout: float | None) -> bytes:
-        """The next bytes, or b"" at end of stream; `timeout` bounds this one read."""
-        if self.tls:
-            return await self._receive_tls(request, timeout)
-        while True:
-            try:
-                return self.socket.recv(_READ_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise httpx.ReadError(repr(exc), request=request) from exc
-            await self._wait(anyio.wait_readable, _READING, request, timeout)
-
-    async def send(self, data: bytes, request: httpx.Request, timeout: float | None) -> None:
-        """Write all of `data`; `timeout` bounds each wait for the socket to take more."""
-        if self.tls:
-            await self._send_tls(data, request, timeout)
-            return
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[self.socket.send(view) :]
-                continue
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise httpx.WriteError(repr(exc), request=request) from exc
-            await self._wait(anyio.wait_writable, _WRITING, request, timeout)
-
-    async def _wait(
-        self,
-        wait: Callable[[socket.socket], Awaitable[None]],
-        phase: _Phase,
-        request: httpx.Request,
-        timeout: float | None,
-    ) -> None:
-        # One cancel scope per wait, none when the socket is ready: most sends never wait.
-        deadline = _INF if timeout is None else anyio.current_time() + timeout
-        with anyio.CancelScope(deadline=deadline) as scope:
-            self._scope = scope
-            try:
-                await wait(self.socket)
-            except _IO_ERRORS as exc:
-                raise phase.error(repr(exc), request=request) from exc
-            finally:
-                self._scope = None
-        if scope.cancelled_caught:
-            raise self._interrupted(phase, request)
-
-    async def _receive_tls(self, request: httpx.Request, timeout: float | None) -> bytes:
-        deadline = _INF if timeout is None else anyio.current_time() + timeout
-        with anyio.CancelScope(deadline=deadline) as scope:
-            self._scope = scope
-            try:
-                return await self.stream.receive(_READ_SIZE)
-            except anyio.EndOfStream:
-                return b""
-            except _IO_ERRORS as exc:
-                raise httpx.ReadError(repr(exc), request=request) from exc
-            finally:
-                self._scope = None
-        raise self._interrupted(_READING, request)
-
-    async def _send_tls(self, data: bytes, request: httpx.Request, timeout: float | None) -> None:
-        deadline = _INF if timeout is None else anyio.current_time() + timeout
-        with anyio.CancelScope(deadline=deadline) as scope:
-            self._scope = scope
-            try:
-                await self.stream.send(data)
-            except _IO_ERRORS as exc:
-                raise httpx.WriteError(repr(exc), request=request) from exc
-            finally:
-                self._scope = None
-        if scope.cancelled_caught:
-            raise self._interrupted(_WRITING, request)
-
-    def _interrupted(self, phase: _Phase, request: httpx.Request) -> httpx.TransportError:
-        if self.closed:
-            return phase.error("the transport was closed", request=request)
-        return phase.timeout(f"timed out {phase.doing}", request=request)
-
-
-class _Phase(NamedTuple):
-    """The errors of one direction of a connection."""
-
-    error: type[httpx.TransportError]
-    timeout: type[httpx.TimeoutException]
-    doing: str
-
-
-_READING = _Phase(httpx.ReadError, httpx.ReadTimeout, "reading the response")
-_WRITING = _Phase(httpx.WriteError, httpx.WriteTimeout, "writing the request")
-
-
-def _own_socket(stream: anyio.abc.ByteStream) -> socket.socket:
-    """A `socket.socket` for the stream's connection, to send and receive on directly."""
-    raw: object = stream.extra(anyio.abc.SocketAttribute.raw_socket)  # noqa: S610 - anyio
-    if isinstance(raw, socket.socket):  # trio hands out the socket itself
-        return raw
-    # asyncio hands out a TransportSocket, which has no send() or recv(): a duplicate
-    # descriptor of the same connection, closed beside the stream.
-    transport_socket = cast("asyncio.trsock.TransportSocket", raw)
-    return socket.socket(
-        transport_socket.family,
-        transport_socket.type,
-        transport_socket.proto,
-        fileno=os.dup(transport_socket.fileno()),
-    )
-
-
-def _tls_pending(stream: anyio.abc.ByteStream) -> bool:
-    # Bytes inside TLS are stale bytes too: decrypted but unread (`pending()`), or records
-    # already taken off the socket but not yet decrypted (anyio's incoming memory BIO).
-    ssl_object = stream.extra(anyio.streams.tls.TLSAttribute.ssl_object)  # noqa: S610 - anyio
-    read_bio = getattr(stream, "_read_bio", None)
-    return bool(ssl_object.pending() or (read_bio is not None and read_bio.pending))
-
-
 class _Release(Protocol):
     """Hands a connection back to the pool, or closes it."""
 
-    def __call__(self, connection: _Connection, *, reusable: bool) -> Awaitable[None]: ...
+    def __call__(self, connection: Connection, *, reusable: bool) -> Awaitable[None]: ...
 
 
 class _Buffered(httpx.AsyncByteStream):
@@ -247,7 +82,7 @@ class _ResponseStream(httpx.AsyncByteStream):
     def __init__(
         self,
         release: _Release,
-        connection: _Connection,
+        connection: Connection,
         parser: ResponseParser,
         request: httpx.Request,
         timeout: float | None,
@@ -255,7 +90,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         reusable: bool,
     ) -> None:
         self._release = release
-        self._connection: _Connection | None = connection
+        self._connection: Connection | None = connection
         self._parser = parser
         self._request = request
         self._timeout = timeout
@@ -330,9 +165,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._max_idle = max_idle_per_origin
         self._max_body = max_response_bytes
-        self._idle: dict[_Origin, deque[_Connection]] = {}
+        self._idle: dict[_Origin, deque[Connection]] = {}
         # Connections with a request or a response body in progress: aclose() ends them.
-        self._in_use: set[_Connection] = set()
+        self._in_use: set[Connection] = set()
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -381,7 +216,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
     async def _exchange(
         self,
         origin: _Origin,
-        connection: _Connection,
+        connection: Connection,
         request: httpx.Request,
         timeouts: Mapping[str, float | None],
     ) -> httpx.Response:
@@ -415,7 +250,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             parser.status, headers=parser.headers, stream=stream, extensions=extensions
         )
 
-    async def _checkout(self, origin: _Origin) -> _Connection | None:
+    async def _checkout(self, origin: _Origin) -> Connection | None:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
@@ -424,7 +259,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             await connection.aclose()
         return None
 
-    async def _release(self, origin: _Origin, connection: _Connection, *, reusable: bool) -> None:
+    async def _release(self, origin: _Origin, connection: Connection, *, reusable: bool) -> None:
         self._in_use.discard(connection)
         if not reusable or self._closed or connection.closed:
             await connection.aclose()
@@ -447,25 +282,26 @@ class PooledTransport(httpx.AsyncBaseTransport):
 
     async def _connect(
         self, origin: _Origin, request: httpx.Request, timeout: float | None
-    ) -> _Connection:
+    ) -> Connection:
         try:
             with anyio.fail_after(timeout):
-                return _Connection(await self._open_stream(origin))
+                return await self._open(origin)
         except TimeoutError as exc:  # before OSError, which it subclasses
             raise httpx.ConnectTimeout("timed out connecting", request=request) from exc
         except (OSError, anyio.BrokenResourceError) as exc:
             raise httpx.ConnectError(repr(exc), request=request) from exc
 
-    async def _open_stream(self, origin: _Origin) -> anyio.abc.ByteStream:
+    async def _open(self, origin: _Origin) -> Connection:
         scheme, host, port = origin
+        tls = self._ssl_context if scheme == "https" else None
         if self._proxy is not None:
-            tls = self._ssl_context if scheme == "https" else None
-            return await open_tunnel(self._proxy, host, port, tls)
-        if scheme == "http":
-            return await anyio.connect_tcp(host, port)
-        return await anyio.connect_tcp(
-            host, port, ssl_context=self._ssl_context, tls_standard_compatible=False
-        )
+            return StreamConnection(await open_tunnel(self._proxy, host, port, tls))
+        if sniffio.current_async_library() == "asyncio":
+            return await open_protocol_connection(host, port, tls)
+        if tls is None:
+            return StreamConnection(await anyio.connect_tcp(host, port))
+        stream = await anyio.connect_tcp(host, port, ssl_context=tls, tls_standard_compatible=False)
+        return StreamConnection(stream)
 
     @functools.cached_property
     def _ssl_context(self) -> ssl.SSLContext:
@@ -478,16 +314,6 @@ def _origin(request: httpx.Request) -> _Origin:
     if url.scheme not in _DEFAULT_PORTS:
         raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}", request=request)
     return url.scheme, url.host, url.port or _DEFAULT_PORTS[url.scheme]
-
-
-def _is_readable(sock: socket.socket) -> bool:
-    # An idle HTTP/1.1 connection has nothing to read unless the server closed it (EOF) or
-    # broke the protocol; either way it must not be reused. One poll, on this socket only.
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([sock], [], [], 0)[0])  # pragma: no cover - Windows
 
 
 def _request_head(request: httpx.Request) -> bytes:
@@ -508,7 +334,7 @@ def _asks_close(request_head: bytes) -> bool:
 
 
 async def _send_request(
-    connection: _Connection, request: httpx.Request, head: bytes, timeout: float | None
+    connection: Connection, request: httpx.Request, head: bytes, timeout: float | None
 ) -> None:
     try:
         content: bytes | None = request.content

@@ -284,3 +284,42 @@ async def test_write_timeout_bounds_each_send_not_the_whole_upload() -> None:
         with anyio.fail_after(30):
             response = await http.post("/", content=body)
         assert response.content == b"got it"
+
+
+async def test_a_shorter_read_timeout_on_a_reused_connection_is_kept() -> None:
+    """Each request's own read timeout counts, also after a longer one on the same socket."""
+    replies = 0
+
+    async def handler(conn: Conn) -> None:
+        nonlocal replies
+        while True:
+            await conn.request()
+            replies += 1
+            if replies == 1:
+                await conn.send(ok())
+            else:
+                await conn.send(b"HTTP/1.1 200 OK\r\n")  # and nothing more
+
+    async with serving(handler) as server, client(server, timeout=30) as (http, _):
+        assert (await http.get("/")).status_code == 200
+        with anyio.fail_after(5), pytest.raises(httpx.ReadTimeout):
+            await http.get("/", timeout=0.2)
+        assert server.accepted == 1
+
+
+async def test_a_large_body_read_slowly_arrives_whole() -> None:
+    """A reader slower than the server: reading pauses and resumes, and no byte is lost."""
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB
+
+    async def handler(conn: Conn) -> None:
+        await conn.request()
+        await conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await conn.until_closed()
+
+    received = bytearray()
+    async with serving(handler) as server, client(server) as (http, _):
+        async with http.stream("GET", "/") as response:
+            async for piece in response.aiter_raw():
+                received += piece
+                await anyio.sleep(0.001)
+    assert bytes(received) == body
