@@ -7,7 +7,7 @@ import functools
 import ipaddress
 import os
 import ssl
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from importlib.metadata import version
 from types import TracebackType
 from typing import Any, Self, get_args, overload
@@ -322,7 +322,11 @@ class AsyncApiframe:
         view._call_retry = policy  # noqa: SLF001
         return view
 
-    async def _call(
+    # Plain functions that hand back the coroutine doing the work (here and in
+    # `_submit_bulk`): each coroutine frame less on a request's await chain is one less
+    # object held while it waits and one less frame resumed each time its socket wakes it.
+
+    def _call(
         self,
         endpoint: Endpoint,
         body: object = None,
@@ -331,8 +335,8 @@ class AsyncApiframe:
         task_id: str | None = None,
         before_send: BeforeSend | None = None,
         retry_pushback: bool = True,
-    ) -> Reply:
-        return await self._sender.call(
+    ) -> Coroutine[Any, Any, Reply]:
+        return self._sender.call(
             endpoint,
             body,
             timeout=self._call_timeout if timeout is None else timeout,
@@ -608,8 +612,10 @@ class AsyncApiframe:
         if fail_fast and isinstance(requests, list | tuple):
             requests = [as_request(item) for item in requests]
 
-        async def work_unclaimed(request: GenerateRequest, _claim: object) -> Generation:
-            return await self._generate_with(submit, request)
+        def work_unclaimed(
+            request: GenerateRequest, _claim: object
+        ) -> Coroutine[Any, Any, Generation]:
+            return self._generate_with(submit, request)
 
         work: Work[Generation] = work_unclaimed
         options: dict[str, Any] = {}
@@ -640,19 +646,17 @@ class AsyncApiframe:
             **options,
         )
 
-    async def _submit_bulk(
+    def _submit_bulk(
         self,
         request: GenerateRequest,
         /,
         *,
         timeout: TimeoutTypes = None,
         before_send: BeforeSend | None = None,
-    ) -> Task:
+    ) -> Coroutine[Any, Any, Task]:
         # A bulk job re-runs pushback itself, so that a turned-away request waits out its
         # Retry-After without holding a place in the job's limit.
-        return await self._submit(
-            request, timeout=timeout, before_send=before_send, retry_pushback=False
-        )
+        return self._submit(request, timeout=timeout, before_send=before_send, retry_pushback=False)
 
     async def generate_all(
         self,

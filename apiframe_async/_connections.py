@@ -18,6 +18,7 @@ has already given up.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import select
 import socket
@@ -104,12 +105,8 @@ def _is_readable(fd: int) -> bool:
 # -- asyncio: bytes by callback ---------------------------------------------------------
 
 
-class _Closed(Exception):  # noqa: N818 - a wake-up signal, turned into httpx's error
-    """The transport was closed while this connection was waited on."""
-
-
-class _TimedOut(Exception):  # noqa: N818 - a wake-up signal, turned into httpx's error
-    """The wait's deadline passed."""
+class _Interrupted(Exception):  # noqa: N818 - a wake-up signal, turned into httpx's error
+    """A wait ended by closing the connection, or by its deadline."""
 
 
 async def open_protocol_connection(
@@ -126,10 +123,19 @@ async def open_protocol_connection(
         port,
         ssl=ssl_context,
         server_hostname=host if ssl_context is not None else None,
-        # As anyio.connect_tcp: IPv6 and IPv4 raced, the second 250 ms after the first.
-        happy_eyeballs_delay=0.25,
+        # As anyio.connect_tcp: a name's IPv6 and IPv4 addresses raced, the second 250 ms
+        # after the first. An address has nothing to race, and the race costs three tasks.
+        happy_eyeballs_delay=None if _is_address(host) else 0.25,
     )
     return connection
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class ProtocolConnection(asyncio.Protocol):
@@ -145,7 +151,6 @@ class ProtocolConnection(asyncio.Protocol):
         "_buffer",
         "_buffered",
         "_deadline",
-        "_drained",
         "_eof",
         "_error",
         "_fd",
@@ -168,10 +173,9 @@ class ProtocolConnection(asyncio.Protocol):
         self._eof = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._drained: asyncio.Future[None] | None = None
         self._paused_reading = False
         self._paused_writing = False
-        # The read timeout: one timer, moved forward lazily (see `_wait`).
+        # The timeout of a wait: one timer, moved forward lazily (see `_arm`).
         self._deadline = _INF
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -192,20 +196,19 @@ class ProtocolConnection(asyncio.Protocol):
         if self._buffered > _MAX_BUFFERED and not self._paused_reading and self._transport:
             self._paused_reading = True
             self._transport.pause_reading()
-        self._wake(self._waiter)
+        self._wake()
 
     def eof_received(self) -> bool:
         """The server is done sending: the reader gets b"" once the buffer is read."""
         self._eof = True
-        self._wake(self._waiter)
+        self._wake()
         return False  # close the transport: nothing more will be written on it either
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The connection is gone: wake whoever waits, with the reason if there is one."""
         self._eof = True
         self._error = exc
-        self._wake(self._waiter)
-        self._wake(self._drained)
+        self._wake()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -217,10 +220,11 @@ class ProtocolConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         """The write buffer drained below its low-water mark."""
         self._paused_writing = False
-        self._wake(self._drained)
+        self._wake()
 
-    @staticmethod
-    def _wake(waiter: asyncio.Future[None] | None, error: BaseException | None = None) -> None:
+    def _wake(self, error: BaseException | None = None) -> None:
+        # A waiter rechecks what it waits for: a wake-up it did not need costs nothing.
+        waiter = self._waiter
         if waiter is not None and not waiter.done():
             if error is None:
                 waiter.set_result(None)
@@ -241,8 +245,7 @@ class ProtocolConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Mark closed and wake a read or write waiting on it (closing from another task)."""
         self.closed = True
-        self._wake(self._waiter, _Closed())
-        self._wake(self._drained, _Closed())
+        self._wake(_Interrupted())
 
     async def aclose(self) -> None:
         """Close the socket at once, without waiting for buffered writes."""
@@ -257,13 +260,21 @@ class ProtocolConnection(asyncio.Protocol):
         """The next bytes, or b"" at end of stream; `timeout` bounds this one read."""
         if self.closed:
             raise _interrupted(_READING, request, closed=True)
+        if not self._buffer and not self._eof:
+            # Waited for here, not in a helper: a coroutine less on every request's chain.
+            self._arm(timeout)
+            try:
+                while not self._buffer and not self._eof:
+                    self._waiter = self._loop.create_future()
+                    await self._waiter
+            except _Interrupted:
+                raise _interrupted(_READING, request, closed=self.closed) from None
+            finally:
+                self._disarm()
         if not self._buffer:
-            if self._eof:
-                return self._at_eof(request)
-            waiter = self._waiter = self._loop.create_future()
-            await self._wait(waiter, _READING, request, timeout)
-            if not self._buffer:
-                return self._at_eof(request)
+            if self._error is not None:
+                raise httpx.ReadError(repr(self._error), request=request) from self._error
+            return b""
         buffer = self._buffer
         data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
         buffer.clear()
@@ -272,11 +283,6 @@ class ProtocolConnection(asyncio.Protocol):
             self._paused_reading = False
             self._transport.resume_reading()
         return data
-
-    def _at_eof(self, request: httpx.Request) -> bytes:
-        if self._error is not None:
-            raise httpx.ReadError(repr(self._error), request=request) from self._error
-        return b""
 
     async def send(self, data: bytes, request: httpx.Request, timeout: float | None) -> None:
         """Write all of `data`; `timeout` bounds the wait for the transport to take it."""
@@ -289,46 +295,45 @@ class ProtocolConnection(asyncio.Protocol):
             transport.write(data)
         except (OSError, RuntimeError) as exc:
             raise httpx.WriteError(repr(exc), request=request) from exc
-        while self._paused_writing and not self._eof:
-            drained = self._drained = self._loop.create_future()
-            await self._wait(drained, _WRITING, request, timeout)
+        if self._must_drain():
+            self._arm(timeout)
+            try:
+                while self._must_drain():
+                    self._waiter = self._loop.create_future()
+                    await self._waiter
+            except _Interrupted:
+                raise _interrupted(_WRITING, request, closed=self.closed) from None
+            finally:
+                self._disarm()
         if self._error is not None:
             raise httpx.WriteError(repr(self._error), request=request) from self._error
 
-    async def _wait(
-        self,
-        waiter: asyncio.Future[None],
-        phase: _Phase,
-        request: httpx.Request,
-        timeout: float | None,
-    ) -> None:
-        # One timer per connection, not per read: each read moves the deadline forward,
+    def _must_drain(self) -> bool:
+        return self._paused_writing and not self._eof
+
+    def _arm(self, timeout: float | None) -> None:
+        # One timer per connection, not per wait: each wait moves the deadline forward,
         # and the timer, when it fires early, sets itself again for the deadline then. Only
         # a deadline sooner than the timer's (a shorter timeout) sets it anew.
-        if timeout is not None:
-            deadline = self._deadline = self._loop.time() + timeout
-            timer = self._timer
-            if timer is None or timer.when() > deadline:
-                if timer is not None:
-                    timer.cancel()
-                self._timer = self._loop.call_at(deadline, self._check_deadline)
-        try:
-            await waiter
-        except _Closed:
-            raise _interrupted(phase, request, closed=True) from None
-        except _TimedOut:
-            raise _interrupted(phase, request, closed=self.closed) from None
-        finally:
-            self._waiter = self._drained = None
-            self._deadline = _INF
+        if timeout is None:
+            return
+        deadline = self._deadline = self._loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
+
+    def _disarm(self) -> None:
+        self._waiter = None
+        self._deadline = _INF
 
     def _check_deadline(self) -> None:
         self._timer = None
         if self._deadline == _INF:
             return  # nobody waits: a later wait sets a timer of its own
         if self._loop.time() >= self._deadline:
-            self._wake(self._waiter, _TimedOut())
-            self._wake(self._drained, _TimedOut())
+            self._wake(_Interrupted())
         else:
             self._timer = self._loop.call_at(self._deadline, self._check_deadline)
 

@@ -191,7 +191,7 @@ async def _save_one(
     if existing is not None:
         return existing
 
-    async def fetch() -> Path:
+    async def fetch(_attempt: int) -> Path:
         return await _stream_to_file(http, url, folder, stem, max_bytes, guard=guard)
 
     return await call_with_retries(policy, fetch, paid=False)

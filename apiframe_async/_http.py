@@ -8,6 +8,7 @@ every request honours when the server's pushback is broad.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -228,24 +229,17 @@ class Sender:
         itself (a bulk job does, without holding its slot while it waits).
         """
         content = json.dumps(body, separators=(",", ":")).encode() if body is not None else None
-
-        attempts = 0
-
-        async def attempt() -> Reply:
-            nonlocal attempts
-            attempts += 1
-            return await self.send_once(
-                endpoint,
-                content,
-                timeout=timeout,
-                task_id=task_id,
-                before_send=before_send,
-                attempt=attempts,
-            )
-
+        send = functools.partial(
+            self.send_once,
+            endpoint,
+            content,
+            timeout=timeout,
+            task_id=task_id,
+            before_send=before_send,
+        )
         try:
             return await call_with_retries(
-                retry or self.retry, attempt, paid=endpoint.paid, retry_pushback=retry_pushback
+                retry or self.retry, send, paid=endpoint.paid, retry_pushback=retry_pushback
             )
         except ApiframeError as exc:
             if endpoint.paid and charge_of(exc) is Charge.UNCERTAIN:
@@ -256,13 +250,13 @@ class Sender:
         self,
         endpoint: Endpoint,
         content: bytes | None,
+        attempt: int = 1,
         *,
         timeout: TimeoutTypes = None,
         task_id: str | None = None,
         before_send: BeforeSend | None = None,
-        attempt: int = 1,
     ) -> Reply:
-        """One attempt, no retry: take a slot, wait out any client-wide pause, then send."""
+        """Attempt number `attempt`, not retried: take a slot, wait out any pause, then send."""
         if self.closed:
             raise ClientClosedError(
                 f"cannot send {endpoint.method} {endpoint.path}: the client is closed; "

@@ -123,9 +123,17 @@ class ResponseParser:
             return
         if self.head_done and not self._framed():
             self.complete = True
+            self._end()
             return
         what = "body" if self.head_done else "head"
         raise self._error(f"server disconnected before the end of the response {what}")
+
+    def _end(self) -> None:
+        # llhttp holds our callbacks, so it and we are a reference cycle: unbroken, every
+        # response would wait for the garbage collector, its request with it, and those
+        # collections cost a request at 256 in flight a seventh of its time. Nothing is fed
+        # to llhttp after the end (`feed` only notes extra bytes).
+        del self._parser
 
     def _framed(self) -> bool:
         return self._te > 0 or any(name.lower() == b"content-length" for name, _ in self.headers)
@@ -192,3 +200,4 @@ class ResponseParser:
     def on_message_complete(self) -> None:
         if self.head_done:
             self.complete = True
+            self._end()

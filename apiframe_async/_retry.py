@@ -87,6 +87,12 @@ class RetryPolicy:
         return self._full_jitter(state)
 
 
+def _retryable(
+    exc: BaseException, policy: RetryPolicy, *, paid: bool, retry_pushback: bool
+) -> bool:
+    return policy.should_retry(exc, paid=paid) and (retry_pushback or not turned_away(exc))
+
+
 def _log_retry(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
@@ -110,35 +116,38 @@ def pushback_wait(policy: RetryPolicy, exc: APIStatusError, attempt: int) -> flo
 
 async def call_with_retries(
     policy: RetryPolicy,
-    call: Callable[[], Awaitable[T]],
+    call: Callable[[int], Awaitable[T]],
     *,
     paid: bool,
     retry_pushback: bool = True,
 ) -> T:
-    """Run `call` until it succeeds, or fails in a way the policy does not retry.
+    """Run `call(attempt)`, attempt 1, 2..., until it succeeds or fails in a way not retried.
 
     With `retry_pushback=False`, a 429 or 503 is raised at once, for the caller to re-run.
     """
-
-    def retryable(exc: BaseException) -> bool:
-        return policy.should_retry(exc, paid=paid) and (retry_pushback or not turned_away(exc))
-
     # The first attempt runs bare: setting up tenacity costs about as much as the rest of
     # our request handling, and most requests succeed at once. A failure worth retrying is
     # handed to tenacity as its first attempt, so counting and waiting stay its business.
     try:
-        return await call()
+        return await call(1)
     except ApiframeError as exc:
-        if policy.max_retries == 0 or not retryable(exc):
+        if policy.max_retries == 0 or not _retryable(
+            exc, policy, paid=paid, retry_pushback=retry_pushback
+        ):
             raise
         first_failure: ApiframeError | None = exc
+    attempts = 1
+
+    def retryable(exc: BaseException) -> bool:
+        return _retryable(exc, policy, paid=paid, retry_pushback=retry_pushback)
 
     async def attempt() -> T:
-        nonlocal first_failure
+        nonlocal first_failure, attempts
         if first_failure is not None:
             failure, first_failure = first_failure, None
             raise failure
-        return await call()
+        attempts += 1
+        return await call(attempts)
 
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(policy.max_retries + 1),

@@ -13,7 +13,7 @@ reading the proxy variables costs more than building the rest of the client.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
@@ -21,6 +21,7 @@ from ._network import VerifyTypes, proxy_for, ssl_context
 from ._transport import PooledTransport
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
     from types import TracebackType
 
 # httpcore's pool would cap connections at 100 and keep 20 idle: the client's limiter
@@ -53,10 +54,11 @@ class RoutingTransport(httpx.AsyncBaseTransport):
         """The transport requests go through, once the first one has chosen it."""
         return self._transport
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
         """Send `request` by this client's route."""
+        # The route's own coroutine, handed back: no frame of ours on every request's chain.
         transport = self._transport or self._choose(request.url)
-        return await transport.handle_async_request(request)
+        return transport.handle_async_request(request)
 
     async def aclose(self) -> None:
         """Close the route's connections."""

@@ -317,9 +317,12 @@ async def test_a_large_body_read_slowly_arrives_whole() -> None:
         await conn.until_closed()
 
     received = bytearray()
-    async with serving(handler) as server, client(server) as (http, _):
-        async with http.stream("GET", "/") as response:
-            async for piece in response.aiter_raw():
-                received += piece
-                await anyio.sleep(0.001)
+    async with (
+        serving(handler) as server,
+        client(server) as (http, _),
+        http.stream("GET", "/") as response,
+    ):
+        async for piece in response.aiter_raw():
+            received += piece
+            await anyio.sleep(0.001)
     assert bytes(received) == body
