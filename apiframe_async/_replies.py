@@ -44,7 +44,9 @@ async def read_reply(response: httpx.Response, limit: int, *, method: str, url: 
         raw = await _raw_body(response, limit)
         if raw is None:
             return
-        content = _decoded(raw, response.headers.get("content-encoding", ""), limit)
+        # get_list(), not get(): a missing header costs get() a KeyError raised and caught.
+        encoding = ", ".join(response.headers.get_list("content-encoding"))
+        content = _decoded(raw, encoding, limit)
     except _RefusedError as exc:
         raise ResponseValidationError([f"$: {exc}"], body="", method=method, url=url) from exc
     except zlib.error as exc:

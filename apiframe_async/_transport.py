@@ -40,7 +40,13 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Mapping
     from types import TracebackType
 
-__all__ = ["PooledTransport", "buffered_content"]
+__all__ = [
+    "HeadedRequest",
+    "PooledTransport",
+    "asks_close",
+    "buffered_content",
+    "request_head_of",
+]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CLOSE = re.compile(rb"\r\nconnection:[^\r]*\bclose\b", re.IGNORECASE)
@@ -220,7 +226,11 @@ class PooledTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
         timeouts: Mapping[str, float | None],
     ) -> httpx.Response:
-        request_head = _request_head(request)
+        if isinstance(request, HeadedRequest):
+            request_head, closes = request.head, request.asks_close
+        else:
+            request_head = request_head_of(request)
+            closes = asks_close(request_head)
         await _send_request(connection, request, request_head, timeouts.get("write"))
         read_timeout = timeouts.get("read")
         parser = ResponseParser(request, self._max_body)
@@ -229,7 +239,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             if not data:
                 parser.finish_at_eof()
             parser.feed(data)
-        reusable = not parser.closes and not _asks_close(request_head)
+        reusable = not parser.closes and not closes
         release = functools.partial(self._release, origin)
         extensions = {"http_version": parser.version, "reason_phrase": parser.reason}
         if request.method == "HEAD":
@@ -316,7 +326,24 @@ def _origin(request: httpx.Request) -> _Origin:
     return url.scheme, url.host, url.port or _DEFAULT_PORTS[url.scheme]
 
 
-def _request_head(request: httpx.Request) -> bytes:
+class HeadedRequest(httpx.Request):
+    """An `httpx.Request` that brings the head this transport would write for it.
+
+    For a sender of many requests alike, which makes `head` once with `request_head_of()`
+    (and `asks_close`, whether that head asks for the connection to be closed) and hands it
+    to each: the transport then writes it as it is.
+    """
+
+    head: bytes
+    asks_close: bool
+
+
+def request_head_of(request: httpx.Request) -> bytes:
+    """The request line and headers of `request`, as written on the connection.
+
+    Raises:
+        httpx.LocalProtocolError: A header holds CR, LF or NUL.
+    """
     lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
     lines += [b"%s: %s" % pair for pair in request.headers.raw]
     head = b"\r\n".join(lines) + b"\r\n\r\n"
@@ -329,7 +356,8 @@ def _request_head(request: httpx.Request) -> bytes:
     return head
 
 
-def _asks_close(request_head: bytes) -> bool:
+def asks_close(request_head: bytes) -> bool:
+    """Whether a request head asks for the connection to be closed after its response."""
     return _CLOSE.search(request_head) is not None
 
 

@@ -31,6 +31,9 @@ from apiframe_async import (
     TaskStatus,
     TaskTimeoutError,
 )
+from apiframe_async._http import ACCOUNT as ACCOUNT_ENDPOINT
+from apiframe_async._http import GENERATE
+from apiframe_async._transport import HeadedRequest, request_head_of
 
 FINISHED = {
     "task_id": "g-1",
@@ -231,6 +234,34 @@ async def test_get_account_has_no_body(client: AsyncApiframe, api: respx.MockRou
     assert request.headers["Authorization"] == API_KEY
     assert request.content == b""
     assert "Content-Type" not in request.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("content", [b'{"prompt":"a"}', b'{"prompt":"' + b"b" * 300 + b'"}', None])
+async def test_requests_of_our_own_client_are_what_httpx_request_makes(
+    clean_env: pytest.MonkeyPatch, content: bytes | None
+) -> None:
+    """The request our own client builds without httpx.Request() equals what it makes."""
+    api = AsyncApiframe(api_key=API_KEY, base_url="http://127.0.0.1:9")
+    endpoint = GENERATE if content is not None else ACCOUNT_ENDPOINT
+    for _ in range(2):  # the second one comes from the headers kept ready for its size
+        ours = api._sender._direct_request(endpoint, content, None)
+        theirs = httpx.Request(
+            endpoint.method,
+            "http://127.0.0.1:9" + endpoint.path,
+            content=content,
+            headers=api._sender._headers
+            | ({"Content-Type": "application/json"} if content is not None else {}),
+        )
+        assert isinstance(ours, httpx.Request)
+        assert (ours.method, ours.url, ours.content) == (theirs.method, theirs.url, theirs.content)
+        assert sorted(ours.headers.multi_items()) == sorted(theirs.headers.multi_items())
+        assert ours.extensions == {"timeout": api._sender._timeouts}
+        assert isinstance(ours, HeadedRequest)
+        assert ours.head == request_head_of(ours)
+        assert not ours.asks_close
+        ours.headers["X-Mine"] = "1"  # each request has headers of its own
+    await api.aclose()
 
 
 DOCUMENTED_BODY = {
