@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.streams.tls
 import httpx
 import sniffio
@@ -229,6 +230,7 @@ class ProtocolConnection(asyncio.Protocol):
         """The connection is gone: wake whoever waits, with the reason if there is one."""
         self._eof = True
         self._error = exc
+        self._transport = None  # closed by asyncio, socket and all
         self._wake()
         if self._timer is not None:
             self._timer.cancel()
@@ -271,11 +273,15 @@ class ProtocolConnection(asyncio.Protocol):
     async def aclose(self) -> None:
         """Close the socket at once, without waiting for buffered writes."""
         self.abort()
-        if self._transport is not None:
-            self._transport.abort()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._transport is not None:
+            self._transport.abort()
+            # asyncio closes the socket in a callback of the loop's next turn: let it run,
+            # shielded (this also runs in cancelled scopes), so that it is closed on return
+            # and not left to the garbage collector if the loop stops first.
+            await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive(self, request: httpx.Request, timeout: float | None) -> bytes:
         """The next bytes, or b"" at end of stream; `timeout` bounds this one read."""
