@@ -8,7 +8,8 @@ Two kinds, one interface (`Connection`), chosen when a connection is opened:
   timer handle per connection that is moved, not remade, on each read.
 - Everywhere else (trio, and tunnels through a proxy) a connection is an anyio byte
   stream. Plain TCP is read and written on its non-blocking socket directly, waiting only
-  when it would block; TLS goes through anyio's `TLSStream`.
+  when it would block (on trio with trio's own waits); TLS goes through anyio's
+  `TLSStream`.
 
 Either way a connection knows whether it is stale (idle too long, or the server closed or
 sent something while it was idle), so that nothing is written on a connection the server
