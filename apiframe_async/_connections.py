@@ -19,6 +19,7 @@ has already given up.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import select
@@ -140,17 +141,20 @@ async def open_protocol_connection(
     Raises OSError (ssl.SSLError included) when it cannot be opened: nothing was sent.
     """
     loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(
+    connect = functools.partial(
+        loop.create_connection,
         lambda: ProtocolConnection(loop),
         host,
         port,
         ssl=ssl_context,
         server_hostname=host if ssl_context is not None else None,
-        # As anyio.connect_tcp: a name's IPv6 and IPv4 addresses raced, the second 250 ms
-        # after the first. An address has nothing to race, and the race costs three tasks.
-        happy_eyeballs_delay=None if _is_address(host) else 0.25,
     )
-    return connection
+    # As anyio.connect_tcp: a name's IPv6 and IPv4 addresses raced, the second 250 ms
+    # after the first. An address has nothing to race, and the race costs three tasks;
+    # uvloop's loop has no such option.
+    race = isinstance(loop, asyncio.BaseEventLoop) and not _is_address(host)
+    _, connection = await (connect(happy_eyeballs_delay=0.25) if race else connect())
+    return cast("ProtocolConnection", connection)
 
 
 def _is_address(host: str) -> bool:
@@ -261,10 +265,13 @@ class ProtocolConnection(asyncio.Protocol):
         """Whether reuse must not be tried: idle too long, or the server closed or spoke."""
         if expiry is not None and now - self.idle_since > expiry:
             return True
-        if self._buffer or self._eof or self.closed:
+        transport = self._transport
+        if self._buffer or self._eof or self.closed or transport is None:
             return True
-        # Bytes or a FIN that reached the socket since the loop last looked.
-        return self._fd >= 0 and _is_readable(self._fd)
+        # Closing: the socket may be closed already (TLS tells us one turn later), and its
+        # number may belong to another socket by now. Not closing: bytes or a FIN that
+        # reached the socket since the loop last looked.
+        return transport.is_closing() or _is_readable(self._fd)
 
     def abort(self) -> None:
         """Mark closed and wake a read or write waiting on it (closing from another task)."""
@@ -360,10 +367,13 @@ class ProtocolConnection(asyncio.Protocol):
         self._timer = None
         if self._deadline == _INF:
             return  # nobody waits: a later wait sets a timer of its own
-        if self._loop.time() >= self._deadline:
-            self._wake(_Interrupted())
-        else:
-            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+        waiter = self._waiter
+        if self._loop.time() >= self._deadline and waiter is not None and not waiter.done():
+            waiter.set_exception(_Interrupted())
+            return
+        # Not due yet; or due, but the waiter was woken in this same turn for another
+        # reason (a drain wait then waits again): look again then, at once if due.
+        self._timer = self._loop.call_at(self._deadline, self._check_deadline)
 
 
 # -- anyio streams: trio, and tunnels --------------------------------------------------

@@ -58,6 +58,8 @@ BeforeSend = Callable[[], Awaitable[None]]
 _PUSHBACK_STATUSES = frozenset({429, 503})
 # Request heads kept ready for this many endpoints and body sizes, at most.
 _MAX_PREPARED = 512
+_NO_BODY = httpx.ByteStream(b"")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # One encoder for every body: json.dumps() with options makes a new one per call.
 _JSON = json.JSONEncoder(separators=(",", ":"))
 
@@ -372,7 +374,12 @@ class Sender:
         if content is not None:
             headers = httpx.Headers(self._direct_json_headers)
             headers["Content-Length"] = str(len(content))
-        head = request_head_of(httpx.Request(endpoint.method, url, headers=headers))
+        elif endpoint.method in _BODY_METHODS:  # as httpx.Request: a bodiless POST says so
+            headers = httpx.Headers(headers)
+            headers["Content-Length"] = "0"
+        # Given a stream, httpx.Request adds no header of its own: the head is these headers.
+        sample = httpx.Request(endpoint.method, url, headers=headers, stream=_NO_BODY)
+        head = request_head_of(sample)
         return _Prepared(headers, head, asks_close(head))
 
     async def _send(self, request: httpx.Request, method: str, url: str) -> httpx.Response:

@@ -286,7 +286,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
         # The coldest connections sit at the bottom of each stack, where the LIFO order
         # may never reach while traffic goes on: close them from there. O(1) per request
         # when none expired, amortised O(1) otherwise.
-        for idle in self._idle.values():
+        # A snapshot: closing yields, and another task may add an origin meanwhile.
+        for idle in list(self._idle.values()):
             while idle and idle[0].idle_since < idle_before:
                 await idle.popleft().aclose()
 

@@ -32,7 +32,7 @@ from apiframe_async import (
     TaskTimeoutError,
 )
 from apiframe_async._http import ACCOUNT as ACCOUNT_ENDPOINT
-from apiframe_async._http import GENERATE
+from apiframe_async._http import GENERATE, Endpoint
 from apiframe_async._transport import HeadedRequest, request_head_of
 
 FINISHED = {
@@ -237,13 +237,20 @@ async def test_get_account_has_no_body(client: AsyncApiframe, api: respx.MockRou
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("content", [b'{"prompt":"a"}', b'{"prompt":"' + b"b" * 300 + b'"}', None])
+@pytest.mark.parametrize(
+    ("endpoint", "content"),
+    [
+        (GENERATE, b'{"prompt":"a"}'),
+        (GENERATE, b'{"prompt":"' + b"b" * 300 + b'"}'),
+        (ACCOUNT_ENDPOINT, None),
+        (Endpoint("POST", "/fetch", paid=False), None),  # httpx adds Content-Length: 0
+    ],
+)
 async def test_requests_of_our_own_client_are_what_httpx_request_makes(
-    clean_env: pytest.MonkeyPatch, content: bytes | None
+    clean_env: pytest.MonkeyPatch, endpoint: Endpoint, content: bytes | None
 ) -> None:
     """The request our own client builds without httpx.Request() equals what it makes."""
     api = AsyncApiframe(api_key=API_KEY, base_url="http://127.0.0.1:9")
-    endpoint = GENERATE if content is not None else ACCOUNT_ENDPOINT
     for _ in range(2):  # the second one comes from the headers kept ready for its size
         ours = api._sender._direct_request(endpoint, content, None)
         theirs = httpx.Request(

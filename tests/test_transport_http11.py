@@ -7,6 +7,7 @@ trio. (More framing and pool cases live in test_transport.py.)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from raw_server import Conn, Server, serving
 
+from apiframe_async._connections import ProtocolConnection, _Interrupted
 from apiframe_async._transport import PooledTransport
 
 if TYPE_CHECKING:
@@ -326,3 +328,56 @@ async def test_a_large_body_read_slowly_arrives_whole() -> None:
             received += piece
             await anyio.sleep(0.001)
     assert bytes(received) == body
+
+
+# Found in review of the asyncio connections.
+
+
+def test_requests_work_on_uvloop() -> None:
+    """uvloop, the loop of uvicorn[standard], takes no happy-eyeballs option: still works."""
+    pytest.importorskip("uvloop")
+
+    async def main() -> tuple[int, int]:
+        async with serving(answering(ok())) as server, client(server) as (http, _):
+            statuses = [(await http.get("/")).status_code for _ in range(3)]
+            # By name too: "localhost" is a name the stdlib loop would race.
+            url = server.url.replace("127.0.0.1", "localhost")
+            statuses.append((await http.get(url)).status_code)
+            return statuses.count(200), server.accepted
+
+    assert anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True}) == (4, 2)
+
+
+def test_a_deadline_met_while_the_waiter_was_woken_is_kept() -> None:
+    """The timer finds its wait just woken for another reason: the next wait still ends."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        connection = ProtocolConnection(loop)
+        connection._arm(0.01)
+        connection._waiter = woken = loop.create_future()
+        woken.set_result(None)  # woken (say, the write buffer drained) in the same turn
+        await anyio.sleep(0.05)  # the deadline passes: the timer finds the waiter done
+        connection._waiter = waiting = loop.create_future()  # and the drain waits again
+        with anyio.fail_after(1), pytest.raises(_Interrupted):
+            await waiting
+
+    anyio.run(main, backend="asyncio")
+
+
+def test_a_closing_connection_is_stale_before_its_socket_is_polled() -> None:
+    """TLS tells its protocol of a lost socket a turn late: closing is enough to be stale."""
+
+    class Closing:
+        def get_extra_info(self, _name: str) -> None:
+            return None
+
+        def is_closing(self) -> bool:
+            return True
+
+    async def main() -> None:
+        connection = ProtocolConnection(asyncio.get_running_loop())
+        connection.connection_made(Closing())  # type: ignore[arg-type]  # a stand-in
+        assert connection.is_stale(0.0, None)
+
+    anyio.run(main, backend="asyncio")
