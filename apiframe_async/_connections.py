@@ -281,10 +281,7 @@ class ProtocolConnection(asyncio.Protocol):
     async def aclose(self) -> None:
         """Close the socket at once, without waiting for buffered writes."""
         self.abort()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._transport is not None:
+        if self._transport is not None:  # else lost already, and its timer stopped with it
             self._transport.abort()
             # asyncio closes the socket in a callback of the loop's next turn: let it run,
             # shielded (this also runs in cancelled scopes), so that it is closed on return

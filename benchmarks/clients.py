@@ -20,20 +20,17 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import anyio
 import httpx
+from harness import bodies
 
 from apiframe_async._transport import PooledTransport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     Send = Callable[[dict[str, str]], Awaitable[bool]]
 
 PATH = "/ai-photo-generate"
 HEADERS = {"Authorization": "k"}
-
-
-def bodies(n: int) -> Iterator[dict[str, str]]:
-    return ({"training_id": "bench", "prompt": f"prompt {i}"} for i in range(n))
 
 
 async def worker_pool(send: Send, n: int, concurrency: int) -> Counter[bool]:

@@ -20,23 +20,21 @@ import argparse
 import contextlib
 import importlib.util
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
+from harness import bodies, run_process, server
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     Send = Callable[[dict[str, str]], Awaitable[tuple[int, float | None]]]
 
-HERE = Path(__file__).parent
 PATH = "/ai-photo-generate"
 HEADERS = {"Authorization": "k"}
 LATENCY_MS = 200
@@ -101,10 +99,6 @@ CLIENTS = (
 
 
 # -- the clients, each run alone in its process -----------------------------------------
-
-
-def bodies(n: int) -> Iterator[dict[str, str]]:
-    return ({"training_id": "bench", "prompt": f"prompt {i}"} for i in range(n))
 
 
 async def worker_pool(send: Send, n: int, concurrency: int) -> Counter[bool]:
@@ -211,31 +205,10 @@ def client_main(argv: list[str]) -> None:
 # -- the runner ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def server(args: tuple[str, ...]) -> Iterator[str]:
-    command = [sys.executable, str(HERE / "server.py"), "--latency-ms", str(LATENCY_MS), *args]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
-        try:
-            port = int(process.stdout.readline()) if process.stdout else 0
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-
-
 def run_one(client: tuple[str, str], scenario: Scenario, n: int, limit_s: float) -> dict[str, Any]:
-    with server(scenario.server_args) as url:
+    with server("--latency-ms", str(LATENCY_MS), *scenario.server_args) as url:
         command = [sys.executable, __file__, "client", *client, url, str(n), str(CONCURRENCY)]
-        try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=limit_s, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"over {limit_s:.0f} s"}
-        if done.returncode:
-            return {"error": done.stderr.strip().splitlines()[-1]}
-        result: dict[str, Any] = json.loads(done.stdout)
-        result.update(httpx.get(f"{url}/stats").json())
-    return result
+        return run_process(command, url, limit_s)
 
 
 def sparkline(series: list[list[float]], top: float, width: int = 40) -> str:

@@ -12,22 +12,14 @@ Usage: `python benchmarks/run.py [--quick] [--scenario NAME]... [--client NAME].
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-HERE = Path(__file__).parent
+from harness import HERE, run_process, server
 
 
 @dataclass(frozen=True)
@@ -75,34 +67,12 @@ CPU_REFERENCE = Client("aiohttp", "asyncio")
 RSS_REFERENCE = "httpx+pooled"
 
 
-@contextlib.contextmanager
-def server(latency_ms: float) -> Iterator[str]:
-    """A fresh stand-in server on a free loopback port; yields its URL."""
-    command = [sys.executable, str(HERE / "server.py"), "--latency-ms", str(latency_ms)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
-        try:
-            port = int(process.stdout.readline()) if process.stdout else 0
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-
-
 def run_one(client: Client, scenario: Scenario, n: int, limit_s: float) -> dict[str, Any]:
     """One client process against one fresh server: its figures plus the server's counters."""
-    with server(scenario.latency_ms) as url:
+    with server("--latency-ms", str(scenario.latency_ms)) as url:
         command = [sys.executable, str(HERE / "clients.py"), client.name, client.backend, url]
         command += [str(n), str(scenario.concurrency)]
-        try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=limit_s, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"over {limit_s:.0f} s"}
-        if done.returncode:
-            return {"error": done.stderr.strip().splitlines()[-1]}
-        result: dict[str, Any] = json.loads(done.stdout)
-        result.update(httpx.get(f"{url}/stats").json())
-    return result
+        return run_process(command, url, limit_s)
 
 
 def client_available(client: Client) -> bool:
