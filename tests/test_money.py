@@ -173,8 +173,15 @@ async def test_pushed_back_polls_never_resubmit() -> None:
     assert [o.error for o in outcomes] == [None] * 20
     assert fake.generate_count_by_prompt() == {f"p {i}": 1 for i in range(20)}
     assert len(fake.calls(GENERATE)) == 20, "a paid POST was sent twice"
-    polls = [c for path in POLLS for c in fake.calls(path)]
-    assert sum(c.status in (429, 503) for c in polls) == 60, "every pushback was met"
+    # Whether a poll goes to /fetch or /fetch-many depends on how many waits are due at
+    # once: each path's 30 pushbacks come first, then its polls get through. Every prompt
+    # ended ok, so at least one path was polled through its whole outage.
+    met = {}
+    for path in POLLS:
+        calls = fake.calls(path)
+        met[path] = sum(c.status in (429, 503) for c in calls)
+        assert met[path] == min(30, len(calls)), f"a poll of {path} got through a pushback"
+    assert max(met.values()) == 30, "every pushback was met"
 
 
 async def test_an_outage_past_the_deadline_ends_with_the_task_id() -> None:
