@@ -140,6 +140,10 @@ async def _nothing_to_record(_request: GenerateRequest, _claim: Any, _error: Not
     return None
 
 
+#: The most clean windows the adaptive limit waits before trying a level refused again.
+_LONGEST_HOLD = 64
+
+
 def _retry_after(error: APIStatusError, _attempt: int) -> float | None:
     return error.retry_after or 0.0
 
@@ -153,9 +157,18 @@ class AdaptiveLimit:
     turned-away request was sent, whichever is lower, but never by more than an eighth
     at once. A server that runs K at once turns away only requests sent with more than K
     in flight, so the limit lands on K within a few windows; a rate limit or scattered
-    429s cost one per window. Each window of successes adds one,
-    up to the ceiling, so pushback that no backing off avoids is won back as fast as it
-    costs. Disabled, it is a plain fixed limit of `ceiling`.
+    429s cost one per window. Each window of successes adds one, up to the ceiling, so
+    pushback that no backing off avoids is won back as fast as it costs.
+
+    A level the server keeps refusing is tried ever less often. The first refusal marks
+    its level; each refusal at or above the marked level again doubles the clean windows
+    the limit spends just under it before trying it (up to 64): every try at a true
+    ceiling costs a 429 and its `Retry-After`, and near a job's end nothing else is left
+    to send while the refused request waits. Pushback below the mark is not that
+    ceiling (scattered 429s, or a limit that came down): the mark moves there and the
+    wait starts over at one window; two clean windows above the mark show that the
+    server takes more now, and the mark is dropped. Disabled, it is a plain fixed limit
+    of `ceiling`.
     """
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
@@ -172,6 +185,10 @@ class AdaptiveLimit:
         self._since_decrease = ceiling
         self._in_use = 0
         self._typical = 0.0
+        # The level the server keeps refusing (0: none), and the clean windows spent
+        # under it before it is tried again.
+        self._refused_level = 0
+        self._hold_windows = 1
 
     @property
     def current(self) -> int:
@@ -229,15 +246,25 @@ class AdaptiveLimit:
                 target = max(sent_with - 1, self.current * 7 // 8)
             target = max(self._floor, target)
             if target < self.current:
+                self._mark_refused(self.current)
                 self._since_decrease = self._successes = 0
                 self._set(target)
                 logger.info("server pushed back: concurrency lowered to %d", self.current)
         elif ok and self.current < self._ceiling:
             self._successes += 1
-            if self._successes >= self.current:
+            below_mark = self.current + 1 == self._refused_level
+            if self._successes >= self.current * (self._hold_windows if below_mark else 1):
                 self._successes = 0
+                if self._refused_level and self.current > self._refused_level:
+                    self._refused_level, self._hold_windows = 0, 1
                 self._set(self.current + 1)
                 logger.info("no pushback for a window: concurrency raised to %d", self.current)
+
+    def _mark_refused(self, level: int) -> None:
+        if self._refused_level and level >= self._refused_level:
+            self._hold_windows = min(2 * self._hold_windows, _LONGEST_HOLD)
+        else:
+            self._refused_level, self._hold_windows = level, 1
 
 
 def as_request(item: object) -> GenerateRequest:

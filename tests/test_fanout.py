@@ -461,6 +461,51 @@ async def test_scattered_pushback_costs_no_more_than_successes_win_back() -> Non
     assert sum(seen) / len(seen) > 56
 
 
+def _at_a_concurrency_limit(limit: AdaptiveLimit, k: int, windows: int) -> tuple[int, list[int]]:
+    """Windows of requests against a server that runs `k` at once: those past `k` are refused."""
+    refused, seen = 0, []
+    for _ in range(windows):
+        current = limit.current
+        for place in range(current):
+            turned_away = place >= k
+            refused += turned_away
+            limit.record(ok=not turned_away, overloaded=turned_away, sent_with=place + 1)
+        seen.append(limit.current)
+    return refused, seen
+
+
+async def test_a_ceiling_refused_again_is_probed_ever_less_often() -> None:
+    """Each refusal at the same ceiling doubles the clean windows before it is tried again."""
+    limit = AdaptiveLimit(64, adaptive=True)
+    _at_a_concurrency_limit(limit, 32, 50)
+    refused, seen = _at_a_concurrency_limit(limit, 32, 300)
+    # One probe every window, as before the hold, is 150 refusals in 300 windows.
+    assert refused <= 8
+    assert min(seen) == 32
+
+
+async def test_a_raised_ceiling_is_found_and_then_held_to() -> None:
+    """A server that takes more is found within the longest hold a step, then rarely probed."""
+    limit = AdaptiveLimit(64, adaptive=True)
+    _at_a_concurrency_limit(limit, 32, 300)
+    _, seen = _at_a_concurrency_limit(limit, 40, 64 + 8)
+    assert 40 in seen
+    refused, seen = _at_a_concurrency_limit(limit, 40, 300)
+    assert refused <= 8
+    assert min(seen) == 40
+
+
+async def test_pushback_below_the_refused_level_starts_the_wait_over() -> None:
+    """A refusal under the refused level is not that ceiling again: the next try is quick."""
+    limit = AdaptiveLimit(64, adaptive=True)
+    _at_a_concurrency_limit(limit, 32, 300)
+    assert limit.current == 32
+    limit.record(ok=False, overloaded=True, sent_with=32)
+    assert limit.current == 31
+    _, seen = _at_a_concurrency_limit(limit, 40, 2)
+    assert seen == [32, 33]
+
+
 async def test_adaptive_limit_holds_in_flight_under_a_lowered_limit() -> None:
     """After a decrease, requests in flight drain down to the new limit and stay under it."""
     limit = AdaptiveLimit(8, adaptive=True)
