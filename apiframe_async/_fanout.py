@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
 
@@ -380,7 +381,7 @@ class BulkJob(Generic[T]):
         self._on_progress = on_progress
         self.progress = Progress(concurrency=concurrency)
         # Outcomes pulled but not yet read by the caller are bounded by this window.
-        self._window = anyio.Semaphore(2 * concurrency)
+        self._window = anyio.Semaphore(2 * concurrency, fast_acquire=True)
         self._send, self._receive = anyio.create_memory_object_stream[Outcome[T] | _Skipped](
             math.inf
         )
@@ -440,7 +441,13 @@ class BulkJob(Generic[T]):
 
     async def _next_received(self) -> Outcome[T] | _Skipped:
         try:
-            return await self._receive.receive()
+            # What came back is taken without a trip through the scheduler each (the
+            # window bounds how many there can be); a cancelled caller still stops here.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            try:
+                return self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                return await self._receive.receive()
         except anyio.EndOfStream:
             if self._input.error is not None:
                 raise self._input.error from None

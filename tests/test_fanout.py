@@ -340,6 +340,45 @@ async def test_cancel_from_outside_leaves_the_client_usable(
     assert all(o.ok for o in again)
 
 
+async def test_a_cancelled_caller_stops_at_the_next_outcome_even_if_some_are_waiting(
+    client: AsyncApiframe,
+) -> None:
+    """Outcomes already back are taken without a scheduler trip, but never past a cancel."""
+    items = ({"prompt": "no training id"} for _ in range(100))
+    seen = 0
+    with anyio.CancelScope() as scope:
+        async with client.generate_many(items, concurrency=4) as outcomes:
+            async for _ in outcomes:
+                seen += 1
+                scope.cancel()
+    assert scope.cancelled_caught
+    assert seen == 1
+
+
+async def test_a_job_that_never_waits_on_the_network_lets_other_tasks_run(
+    client: AsyncApiframe,
+) -> None:
+    """Items that fail before any request keep the workers busy without a wait of their own:
+    the window still makes them, and the caller, yield every few outcomes."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    items = ({"prompt": "no training id"} for _ in range(2_000))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with client.generate_many(items, concurrency=4) as outcomes:
+            seen_at = [ticks async for _ in outcomes]
+        tg.cancel_scope.cancel()
+    assert len(seen_at) == 2_000
+    # The window holds 8 outcomes: the other task runs at least once per 8 or so.
+    assert seen_at[-1] - seen_at[0] >= 2_000 // 16
+
+
 async def test_progress_counts_and_callback(client: AsyncApiframe, server: CountingServer) -> None:
     """Progress counts submitted, succeeded, failed and in flight; the callback sees each end."""
     server.fault = lambda p: httpx.Response(400, json={"errors": []}) if p.endswith("7") else None
