@@ -38,7 +38,10 @@ import httpx
 import sniffio
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
+
+    from ._deadlines import Deadlines
 
 __all__ = ["Connection", "ProtocolConnection", "StreamConnection", "open_protocol_connection"]
 
@@ -387,7 +390,9 @@ class StreamConnection:
     """
 
     __slots__ = (
+        "_deadlines",
         "_duplicate",
+        "_expired",
         "_scope",
         "_trio",
         "closed",
@@ -406,9 +411,17 @@ class StreamConnection:
         self.closed = False
         # The wait in progress, so that closing the transport can end it.
         self._scope: _Cancellable | None = None
-        # On trio, trio's own waits and cancel scopes: anyio's layer over them cost a
-        # request a fifth of its CPU. (Imported only when it is the running library.)
+        # On trio, trio's own waits (anyio's layer over them cost a request a fifth of its
+        # CPU), timed by the run's `Deadlines` rather than a cancel scope each. Imported
+        # only when trio is the running library.
         self._trio = sys.modules["trio"] if sniffio.current_async_library() == "trio" else None
+        self._deadlines: Callable[[], Deadlines] | None = None
+        if self._trio is not None:
+            from ._deadlines import Deadlines  # noqa: PLC0415 - needs trio, which is optional
+
+            # Looked up per wait: a pooled connection may serve a later trio run.
+            self._deadlines = Deadlines.for_this_run
+        self._expired = False
 
     def is_stale(self, now: float, expiry: float | None) -> bool:
         """Whether reuse must not be tried: idle too long, or the server closed or spoke."""
@@ -418,9 +431,20 @@ class StreamConnection:
 
     def abort(self) -> None:
         """Mark closed and wake a read or write waiting on it (closing from another task)."""
+        if self.closed:
+            return
         self.closed = True
         if self._scope is not None:
             self._scope.cancel()
+        elif self._trio is not None:
+            self._trio.lowlevel.notify_closing(self.socket)
+
+    def expire(self) -> None:
+        """End the plain-TCP wait in progress on trio: its deadline passed (see `Deadlines`)."""
+        if not self.closed:
+            assert self._trio is not None  # noqa: S101 -- only trio's Deadlines call this
+            self._expired = True
+            self._trio.lowlevel.notify_closing(self.socket)
 
     async def aclose(self) -> None:
         """Close the socket; forcefully: this also runs in cancelled scopes."""
@@ -459,29 +483,47 @@ class StreamConnection:
             await self._wait(_WRITING, request, timeout)
 
     async def _wait(self, phase: _Phase, request: httpx.Request, timeout: float | None) -> None:
-        # One cancel scope per wait, none when the socket is ready: most sends never wait.
-        trio = self._trio
-        if trio is None:
-            deadline = _INF if timeout is None else anyio.current_time() + timeout
-            scope: _Cancellable = anyio.CancelScope(deadline=deadline)
-            wait = anyio.wait_writable if phase is _WRITING else anyio.wait_readable
-            errors: tuple[type[BaseException], ...] = _IO_ERRORS
-        else:
-            deadline = _INF if timeout is None else trio.current_time() + timeout
-            scope = trio.CancelScope(deadline=deadline)
-            lowlevel = trio.lowlevel
-            wait = lowlevel.wait_writable if phase is _WRITING else lowlevel.wait_readable
-            errors = (trio.ClosedResourceError, trio.BusyResourceError, OSError)
-        with scope:
+        # Only when the socket is not ready: most sends never wait.
+        if self._deadlines is not None:
+            await self._wait_trio(phase, request, timeout, self._deadlines())
+            return
+        deadline = _INF if timeout is None else anyio.current_time() + timeout
+        wait = anyio.wait_writable if phase is _WRITING else anyio.wait_readable
+        with anyio.CancelScope(deadline=deadline) as scope:
             self._scope = scope
             try:
                 await wait(self.socket)
-            except errors as exc:
+            except _IO_ERRORS as exc:
                 raise phase.error(repr(exc), request=request) from exc
             finally:
                 self._scope = None
         if scope.cancelled_caught:
             raise _interrupted(phase, request, closed=self.closed)
+
+    async def _wait_trio(
+        self, phase: _Phase, request: httpx.Request, timeout: float | None, deadlines: Deadlines
+    ) -> None:
+        trio = self._trio
+        assert trio is not None  # noqa: S101 -- deadlines exist only on trio
+        if self.closed:
+            raise _interrupted(phase, request, closed=True)
+        lowlevel = trio.lowlevel
+        wait = lowlevel.wait_writable if phase is _WRITING else lowlevel.wait_readable
+        self._expired = False
+        if timeout is not None:
+            deadlines.arm(self, timeout)
+        try:
+            await wait(self.socket)
+        except trio.ClosedResourceError as exc:
+            # Woken by notify_closing: our deadline, or the transport closing.
+            if self._expired or self.closed:
+                raise _interrupted(phase, request, closed=self.closed) from None
+            raise phase.error(repr(exc), request=request) from exc
+        except (trio.BusyResourceError, OSError) as exc:
+            raise phase.error(repr(exc), request=request) from exc
+        finally:
+            if timeout is not None:
+                deadlines.disarm(self)
 
     async def _receive_tls(self, request: httpx.Request, timeout: float | None) -> bytes:
         deadline = _INF if timeout is None else anyio.current_time() + timeout

@@ -309,6 +309,64 @@ async def test_a_shorter_read_timeout_on_a_reused_connection_is_kept() -> None:
         assert server.accepted == 1
 
 
+async def test_timeouts_of_concurrent_requests_each_end_their_own_wait() -> None:
+    """Of requests waiting at once, only the one whose read timeout passed fails; the rest,
+    on longer timeouts, are answered (trio keeps every deadline in one task per run)."""
+    requests_seen = 0
+
+    async def handler(conn: Conn) -> None:
+        nonlocal requests_seen
+        while True:
+            request = await conn.request()
+            requests_seen += 1
+            if b"GET /silent" in request:
+                await conn.until_closed()
+                return
+            await anyio.sleep(0.5)
+            await conn.send(ok(b"late but in time"))
+
+    results: dict[str, object] = {}
+
+    async def get(path: str, timeout: float) -> None:
+        try:
+            results[path] = (await http.get(path, timeout=timeout)).content
+        except httpx.ReadTimeout as exc:
+            results[path] = exc
+
+    async with serving(handler) as server, client(server) as (http, transport):
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(get, "/silent", 0.2)
+                for i in range(3):
+                    tg.start_soon(get, f"/slow{i}", 5.0)
+            assert isinstance(results.pop("/silent"), httpx.ReadTimeout)
+            assert results == {f"/slow{i}": b"late but in time" for i in range(3)}
+            # The answered connections are reused: their deadlines did not touch them.
+            assert idle(transport) == 3
+            assert (await http.get("/slow-again", timeout=5.0)).content == b"late but in time"
+        assert requests_seen == 5
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio's connections time themselves
+async def test_trio_deadlines_hold_only_waits_in_progress() -> None:
+    """On trio, each wait's deadline is dropped when the wait ends: none piles up."""
+    from apiframe_async._deadlines import Deadlines  # noqa: PLC0415 - needs trio
+
+    async def handler(conn: Conn) -> None:
+        while True:
+            await conn.request()
+            await anyio.sleep(0.01)  # every read waits
+            await conn.send(ok())
+
+    deadlines = Deadlines.for_this_run()
+    async with serving(handler) as server, client(server) as (http, _):
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(http.get, "/")
+        assert deadlines._waiting == {}
+    assert deadlines is Deadlines.for_this_run()
+
+
 async def test_a_large_body_read_slowly_arrives_whole() -> None:
     """A reader slower than the server: reading pauses and resumes, and no byte is lost."""
     body = bytes(range(256)) * (16 * 1024)  # 4 MiB
