@@ -203,7 +203,12 @@ class AdaptiveLimit:
 
     async def __aenter__(self) -> int:
         """Wait for room under the current limit; the places in use, this one included."""
-        await self._slots.acquire()
+        try:
+            # No cancellation check of its own when there is room: a job's worker made one
+            # taking its window place, and nothing has yielded since.
+            self._slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._slots.acquire()
         self._in_use += 1
         return self._in_use
 

@@ -105,7 +105,8 @@ class _DirectRequest(HeadedRequest):
         self.headers = httpx.Headers(prepared.headers)
         self.extensions = {"timeout": timeouts}
         self.stream = httpx.ByteStream(content)
-        self.read()
+        # What read() would store, without its isinstance check against typing.Iterable.
+        self._content = content
         self.head = prepared.head
         self.asks_close = prepared.asks_close
 
@@ -186,6 +187,7 @@ class Sender:
             "User-Agent": user_agent,
         }
         self._urls: dict[str, httpx.URL] = {}
+        self._url_texts: dict[str, str] = {}
         #: Cleans error text of the key and of every webhook secret the client sends: a
         #: server that quotes them back must not put them in our errors.
         self.secrets = Redactor(api_key)
@@ -280,7 +282,7 @@ class Sender:
                 "nothing was sent"
             )
         request = self._build(endpoint, content, timeout)
-        method, url = endpoint.method, str(request.url)
+        method, url = endpoint.method, self._url_text(endpoint.path)
         await self._acquire_slot(timeout, method, url)
         try:
             # After the slot is held, right before bytes go out: a pause that began while
@@ -333,6 +335,14 @@ class Sender:
         if url is None:
             url = self._urls[path] = httpx.URL(self._base_url + path)
         return url
+
+    def _url_text(self, path: str) -> str:
+        # What errors and logs name; the request's URL is this one (absolute, so httpx
+        # merges no base URL into it).
+        text = self._url_texts.get(path)
+        if text is None:
+            text = self._url_texts[path] = str(self._url(path))
+        return text
 
     def _build(
         self,
