@@ -431,12 +431,12 @@ class StreamConnection:
 
     def abort(self) -> None:
         """Mark closed and wake a read or write waiting on it (closing from another task)."""
-        if self.closed:
-            return
-        self.closed = True
+        # Each time, not once: a wait may have begun since the last call (the pool aborts
+        # connections in use, then closes each, which aborts again).
+        already_closed, self.closed = self.closed, True
         if self._scope is not None:
             self._scope.cancel()
-        elif self._trio is not None:
+        elif self._trio is not None and not already_closed:
             self._trio.lowlevel.notify_closing(self.socket)
 
     def expire(self) -> None:

@@ -15,6 +15,7 @@ whatever the traffic. Only for trio; imported when trio is running.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import trio
@@ -53,14 +54,16 @@ class Deadlines:
 
     def arm(self, connection: Expirable, timeout: float) -> None:
         """`connection` waits from now for at most `timeout` seconds."""
+        if not math.isfinite(timeout):
+            return  # no deadline (and NaN must never reach the task's cancel scope)
         deadline = trio.current_time() + timeout
+        if not self._running:
+            trio.lowlevel.spawn_system_task(self._run, name="apiframe-async deadlines")
+            self._running = True
         self._waiting[connection] = deadline
         if deadline < self._wake_at:
             self._wake_at = deadline
-            if not self._running:
-                self._running = True
-                trio.lowlevel.spawn_system_task(self._run, name="apiframe-async deadlines")
-            elif self._sleep is not None:
+            if self._sleep is not None:
                 self._sleep.deadline = deadline
 
     def disarm(self, connection: Expirable) -> None:

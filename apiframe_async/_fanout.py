@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
-import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
 
@@ -143,6 +142,8 @@ async def _nothing_to_record(_request: GenerateRequest, _claim: Any, _error: Not
 
 #: The most clean windows the adaptive limit waits before trying a level refused again.
 _LONGEST_HOLD = 64
+#: Refusals at the marked level, after the one that marked it, before the wait doubles.
+_REFUSALS_BEFORE_HOLD = 2
 
 
 def _retry_after(error: APIStatusError, _attempt: int) -> float | None:
@@ -190,6 +191,7 @@ class AdaptiveLimit:
         # under it before it is tried again.
         self._refused_level = 0
         self._hold_windows = 1
+        self._refusals_at_mark = 0
 
     @property
     def current(self) -> int:
@@ -203,12 +205,7 @@ class AdaptiveLimit:
 
     async def __aenter__(self) -> int:
         """Wait for room under the current limit; the places in use, this one included."""
-        try:
-            # No cancellation check of its own when there is room: a job's worker made one
-            # taking its window place, and nothing has yielded since.
-            self._slots.acquire_nowait()
-        except anyio.WouldBlock:
-            await self._slots.acquire()
+        await self._slots.acquire()
         self._in_use += 1
         return self._in_use
 
@@ -262,15 +259,20 @@ class AdaptiveLimit:
             if self._successes >= self.current * (self._hold_windows if below_mark else 1):
                 self._successes = 0
                 if self._refused_level and self.current > self._refused_level:
-                    self._refused_level, self._hold_windows = 0, 1
+                    self._refused_level, self._hold_windows, self._refusals_at_mark = 0, 1, 0
                 self._set(self.current + 1)
                 logger.info("no pushback for a window: concurrency raised to %d", self.current)
 
     def _mark_refused(self, level: int) -> None:
         if self._refused_level and level >= self._refused_level:
-            self._hold_windows = min(2 * self._hold_windows, _LONGEST_HOLD)
+            # Twice more before the wait grows: requests sent in bursts are refused at
+            # any level, a few times at each, and holding back after each would ratchet
+            # the limit down; a true ceiling is refused every time it is tried.
+            self._refusals_at_mark += 1
+            if self._refusals_at_mark >= _REFUSALS_BEFORE_HOLD:
+                self._hold_windows = min(2 * self._hold_windows, _LONGEST_HOLD)
         else:
-            self._refused_level, self._hold_windows = level, 1
+            self._refused_level, self._hold_windows, self._refusals_at_mark = level, 1, 0
 
 
 def as_request(item: object) -> GenerateRequest:
@@ -446,13 +448,10 @@ class BulkJob(Generic[T]):
 
     async def _next_received(self) -> Outcome[T] | _Skipped:
         try:
-            # What came back is taken without a trip through the scheduler each (the
-            # window bounds how many there can be); a cancelled caller still stops here.
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            try:
-                return self._receive.receive_nowait()
-            except anyio.WouldBlock:
-                return await self._receive.receive()
+            # A trip through the scheduler per outcome, even when one is waiting: it lets a
+            # deadline that passed meanwhile cancel the job before workers it woke by
+            # reading send more paid requests.
+            return await self._receive.receive()
         except anyio.EndOfStream:
             if self._input.error is not None:
                 raise self._input.error from None

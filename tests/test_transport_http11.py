@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import pytest
 from raw_server import Conn, Server, serving
 
-from apiframe_async._connections import ProtocolConnection, _Interrupted
+from apiframe_async._connections import ProtocolConnection, StreamConnection, _Interrupted
 from apiframe_async._transport import PooledTransport
 
 if TYPE_CHECKING:
@@ -365,6 +367,57 @@ async def test_trio_deadlines_hold_only_waits_in_progress() -> None:
                 tg.start_soon(http.get, "/")
         assert deadlines._waiting == {}
     assert deadlines is Deadlines.for_this_run()
+    # A timeout that is no number of seconds sets no deadline (and cannot break the task).
+    deadlines.arm(StreamConnection.__new__(StreamConnection), math.nan)
+    await anyio.sleep(0.01)
+    assert deadlines._waiting == {}
+
+
+class _Tunnelled(PooledTransport):
+    """The pool with the connections a proxy tunnel hands over for an http:// origin."""
+
+    async def _open(self, origin: tuple[str, str, int]) -> StreamConnection:
+        return StreamConnection(await anyio.connect_tcp(origin[1], origin[2]))
+
+
+async def test_aclose_ends_a_read_that_began_after_the_first_abort() -> None:
+    """Closing the pool aborts the connections in use, then closes every one (aborting
+    again): a read begun in between, while idle ones closed, is ended by the second."""
+
+    async def handler(conn: Conn) -> None:
+        while True:
+            request = await conn.request()
+            if b"/stream" in request:
+                await conn.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                await conn.send(b"5\r\nhello\r\n")
+                await conn.until_closed()
+                return
+            await conn.send(ok(b"ok"))
+
+    errors: list[BaseException] = []
+    got_a_chunk = anyio.Event()
+    transport = _Tunnelled()
+    async with serving(handler) as server:
+        http = httpx.AsyncClient(transport=transport, base_url=server.url, timeout=30)
+
+        async def stream() -> None:
+            async with http.stream("GET", "/stream") as response:
+                try:
+                    async for _ in response.aiter_raw():
+                        got_a_chunk.set()
+                        await anyio.lowlevel.checkpoint()  # next read: after the first abort
+                except httpx.ReadError as exc:
+                    errors.append(exc)
+
+        async with anyio.create_task_group() as idle_ones:
+            for _ in range(3):
+                idle_ones.start_soon(http.get, "/")
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream)
+                await got_a_chunk.wait()
+                await transport.aclose()
+    assert len(errors) == 1
 
 
 async def test_a_large_body_read_slowly_arrives_whole() -> None:
