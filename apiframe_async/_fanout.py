@@ -163,10 +163,10 @@ class AdaptiveLimit:
     pushback that no backing off avoids is won back as fast as it costs.
 
     A level the server keeps refusing is tried ever less often. The first refusal marks
-    its level; each refusal at or above the marked level again doubles the clean windows
-    the limit spends just under it before trying it (up to 64): every try at a true
-    ceiling costs a 429 and its `Retry-After`, and near a job's end nothing else is left
-    to send while the refused request waits. Pushback below the mark is not that
+    its level; from the third refusal at or above the mark, each doubles the clean
+    windows the limit spends just under it before trying it again (up to 64): every try
+    at a true ceiling costs a 429 and its `Retry-After`, and near a job's end nothing
+    else is left to send while the refused request waits. Pushback below the mark is not that
     ceiling (scattered 429s, or a limit that came down): the mark moves there and the
     wait starts over at one window; two clean windows above the mark show that the
     server takes more now, and the mark is dropped. Disabled, it is a plain fixed limit
