@@ -166,9 +166,9 @@ class AdaptiveLimit:
     its level; from the third refusal at or above the mark, each doubles the clean
     windows the limit spends just under it before trying it again (up to 64): every try
     at a true ceiling costs a 429 and its `Retry-After`, and near a job's end nothing
-    else is left to send while the refused request waits. Pushback below the mark is not that
-    ceiling (scattered 429s, or a limit that came down): the mark moves there and the
-    wait starts over at one window; two clean windows above the mark show that the
+    else is left to send while the refused request waits. Pushback below the mark is not
+    that ceiling (scattered 429s, or a limit that came down): the mark moves there and
+    the wait starts over at one window; two clean windows above the mark show that the
     server takes more now, and the mark is dropped. Disabled, it is a plain fixed limit
     of `ceiling`.
     """
@@ -187,11 +187,9 @@ class AdaptiveLimit:
         self._since_decrease = ceiling
         self._in_use = 0
         self._typical = 0.0
-        # The level the server keeps refusing (0: none), and the clean windows spent
-        # under it before it is tried again.
-        self._refused_level = 0
-        self._hold_windows = 1
-        self._refusals_at_mark = 0
+        # The level the server keeps refusing (0: none), the clean windows spent under it
+        # before it is tried again, and its refusals since it was marked.
+        self._refused_level, self._hold_windows, self._refusals_at_mark = 0, 1, 0
 
     @property
     def current(self) -> int:
@@ -259,7 +257,7 @@ class AdaptiveLimit:
             if self._successes >= self.current * (self._hold_windows if below_mark else 1):
                 self._successes = 0
                 if self._refused_level and self.current > self._refused_level:
-                    self._refused_level, self._hold_windows, self._refusals_at_mark = 0, 1, 0
+                    self._mark(0)
                 self._set(self.current + 1)
                 logger.info("no pushback for a window: concurrency raised to %d", self.current)
 
@@ -272,7 +270,11 @@ class AdaptiveLimit:
             if self._refusals_at_mark >= _REFUSALS_BEFORE_HOLD:
                 self._hold_windows = min(2 * self._hold_windows, _LONGEST_HOLD)
         else:
-            self._refused_level, self._hold_windows, self._refusals_at_mark = level, 1, 0
+            self._mark(level)
+
+    def _mark(self, level: int) -> None:
+        """Mark `level` as refused (0: no mark), the wait under it back to one window."""
+        self._refused_level, self._hold_windows, self._refusals_at_mark = level, 1, 0
 
 
 def as_request(item: object) -> GenerateRequest:

@@ -19,12 +19,14 @@ from contextlib import closing
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 
 from apiframe_async import (
     APIConnectionError,
     ApiframeError,
     APIStatusError,
+    APITimeoutError,
     AsyncApiframe,
     AuthenticationError,
     BudgetExceededError,
@@ -401,6 +403,34 @@ async def test_a_refused_connection_is_not_charged(tmp_path: Path) -> None:
         second = await _run(client, requests, concurrency=3, journal=journal)
     assert all(o.ok for o in second)
     assert set(fake.generate_count_by_prompt().values()) == {1}
+
+
+async def test_a_reply_that_never_comes_is_paid_once_and_uncertain() -> None:
+    """A server that reads the generations and never answers: each read times out (on trio
+    through the run's deadline task), each POST reached the server once, none is resent."""
+    from raw_server import Conn, serving  # noqa: PLC0415 - the transport tests' raw server
+
+    posts: Counter[bytes] = Counter()
+
+    async def deaf(conn: Conn) -> None:
+        posts[await conn.request()] += 1
+        await conn.until_closed()
+
+    requests = _requests("t", 3)
+    async with (
+        serving(deaf) as server,
+        AsyncApiframe(
+            "key-not-sent-anywhere",
+            base_url=server.url,
+            timeout=httpx.Timeout(5.0, read=0.2),
+            retry=RetryPolicy(max_retries=3),
+        ) as client,
+    ):
+        with anyio.fail_after(10):
+            outcomes = await client.generate_all(requests, concurrency=3)
+    errors = [o.error for o in outcomes]
+    assert all(isinstance(e, APITimeoutError) and e.may_have_been_submitted for e in errors)
+    assert posts == {b"POST /ai-photo-generate HTTP/1.1": 3}
 
 
 # -- one journal, one run -------------------------------------------------------------------
