@@ -32,7 +32,12 @@ import anyio.abc
 import httpx
 import sniffio
 
-from ._connections import Connection, StreamConnection, open_protocol_connection
+from ._connections import (
+    Connection,
+    StreamConnection,
+    open_protocol_connection,
+    open_stream_connection,
+)
 from ._network import VerifyTypes, open_tunnel, ssl_context
 from ._parser import ResponseParser
 
@@ -309,10 +314,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
             return StreamConnection(await open_tunnel(self._proxy, host, port, tls))
         if sniffio.current_async_library() == "asyncio":
             return await open_protocol_connection(host, port, tls)
-        if tls is None:
-            return StreamConnection(await anyio.connect_tcp(host, port))
-        stream = await anyio.connect_tcp(host, port, ssl_context=tls, tls_standard_compatible=False)
-        return StreamConnection(stream)
+        return await open_stream_connection(host, port, tls)
 
     @functools.cached_property
     def _ssl_context(self) -> ssl.SSLContext:

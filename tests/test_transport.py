@@ -16,6 +16,7 @@ import anyio.streams.tls
 import httpx
 import pytest
 
+from apiframe_async._connections import ProtocolConnection, StreamConnection
 from apiframe_async._transport import PooledTransport
 
 if TYPE_CHECKING:
@@ -193,6 +194,28 @@ async def test_concurrent_requests_open_then_reuse_connections() -> None:
         assert statuses == [200] * 600
         assert server.accepted == 300
         assert idle_count(transport) == 300
+
+
+async def test_a_host_name_and_an_address_both_connect_with_no_delay() -> None:
+    """A name goes through the address race, an address straight to one socket: both work.
+
+    Both set TCP_NODELAY, without which a request written in two parts waits for the
+    server's delayed ACK.
+    """
+    async with serving(answer_all) as server, client_for(server) as (client, transport):
+        port = httpx.URL(server.url).port
+        for url in (f"http://localhost:{port}/", f"http://127.0.0.1:{port}/"):
+            assert (await client.get(url)).content == b"ok"
+        assert server.accepted == 2
+        for stack in transport._idle.values():
+            (connection,) = stack
+            if isinstance(connection, StreamConnection):
+                sock = connection.socket
+            else:  # asyncio's TransportSocket
+                assert isinstance(connection, ProtocolConnection)
+                assert connection._transport is not None
+                sock = connection._transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 async def test_idle_connection_closed_by_server_is_replaced() -> None:
