@@ -511,6 +511,12 @@ class StreamConnection:
     async def aclose(self) -> None:
         """Close the socket; forcefully: this also runs in cancelled scopes."""
         self.abort()
+        if self._trio is not None and not self.tls:
+            # trio's socket, told by abort() that it closes: closing it is what anyio's
+            # aclose() would do, without the cancelled scope and the Cancelled raised and
+            # caught in it, which took most of the pool's close on trio.
+            self.socket.close()
+            return
         if self._duplicate:
             self.socket.close()
         await anyio.aclose_forcefully(self.stream)
