@@ -19,6 +19,7 @@ has already given up.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import os
@@ -174,21 +175,19 @@ async def open_stream_connection(
     Raises OSError (ssl.SSLError included) or anyio.BrokenResourceError when it cannot be
     opened: nothing was sent.
     """
-    if not _is_address(host):
-        # A name's addresses are raced by anyio (happy eyeballs), as on asyncio.
-        if ssl_context is None:
-            return StreamConnection(await anyio.connect_tcp(host, port))
-        stream = await anyio.connect_tcp(
-            host, port, ssl_context=ssl_context, tls_standard_compatible=False
-        )
-        return StreamConnection(stream)
-    plain = await _connect_address(host, port)
+    # A name's addresses are raced by anyio (happy eyeballs), as on asyncio.
+    connect = _connect_address if _is_address(host) else anyio.connect_tcp
+    plain = await connect(host, port)
     if ssl_context is None:
         return StreamConnection(plain)
     try:
         tls = await anyio.streams.tls.TLSStream.wrap(
             plain, hostname=host, ssl_context=ssl_context, standard_compatible=False
         )
+    except anyio.EndOfStream as exc:
+        await anyio.aclose_forcefully(plain)
+        message = "the server closed the connection during the TLS handshake"
+        raise ConnectionResetError(errno.ECONNRESET, message) from exc
     except BaseException:
         await anyio.aclose_forcefully(plain)
         raise
@@ -216,7 +215,10 @@ async def _connect_address(host: str, port: int) -> anyio.abc.SocketStream:
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
                 raise OSError(error, f"connecting to {host}:{port}: {os.strerror(error)}") from None
-        return await anyio.abc.SocketStream.from_socket(sock)
+        try:
+            return await anyio.abc.SocketStream.from_socket(sock)
+        except ValueError as exc:  # from_socket's check: reset since the connect finished
+            raise ConnectionResetError(errno.ENOTCONN, f"{host}:{port} reset") from exc
     except BaseException:
         sock.close()
         raise

@@ -488,6 +488,19 @@ async def test_tls_handshake_failure_is_connect_error() -> None:
             await client.get(server.url.replace("http:", "https:"))
 
 
+async def test_a_server_closing_during_the_tls_handshake_is_connect_error() -> None:
+    """A server that accepts and closes before the handshake ends: httpx.ConnectError, the
+    class of errors before anything was sent (on trio anyio calls it EndOfStream)."""
+
+    async def read_the_hello_and_close(peer: Peer) -> None:
+        await peer.stream.receive()  # read, so that the close is a FIN and not a reset
+
+    async with serving(read_the_hello_and_close) as server, client_for(server) as (client, _):
+        with pytest.raises(httpx.ConnectError):
+            await client.get(server.url.replace("http:", "https:"))
+        assert server.requests == []
+
+
 async def test_no_answer_is_read_timeout() -> None:
     """A server that accepts and reads but never answers: httpx.ReadTimeout."""
 
