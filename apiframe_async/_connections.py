@@ -40,7 +40,6 @@ import sniffio
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import TracebackType
 
     from ._deadlines import Deadlines
 
@@ -87,25 +86,6 @@ class Connection(Protocol):
     async def send(self, data: bytes, request: httpx.Request, timeout: float | None) -> None:
         """Write all of `data`; `timeout` bounds each wait for the socket to take more."""
         ...
-
-
-class _Cancellable(Protocol):
-    """anyio's or trio's cancel scope: what a connection's wait needs of either."""
-
-    @property
-    def cancelled_caught(self) -> bool: ...
-
-    def cancel(self) -> None: ...
-
-    def __enter__(self) -> object: ...
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-        /,
-    ) -> bool: ...
 
 
 class _Phase(NamedTuple):
@@ -474,7 +454,7 @@ class StreamConnection:
         self.idle_since = 0.0
         self.closed = False
         # The wait in progress, so that closing the transport can end it.
-        self._scope: _Cancellable | None = None
+        self._scope: anyio.CancelScope | None = None
         # On trio, trio's own waits (anyio's layer over them cost a request a fifth of its
         # CPU), timed by the run's `Deadlines` rather than a cancel scope each. Imported
         # only when trio is the running library.

@@ -186,8 +186,8 @@ class Sender:
             "Accept-Encoding": ACCEPT_ENCODING,
             "User-Agent": user_agent,
         }
-        self._urls: dict[str, httpx.URL] = {}
-        self._url_texts: dict[str, str] = {}
+        # Per path: its URL, and that URL's text, which errors and logs name.
+        self._urls: dict[str, tuple[httpx.URL, str]] = {}
         #: Cleans error text of the key and of every webhook secret the client sends: a
         #: server that quotes them back must not put them in our errors.
         self.secrets = Redactor(api_key)
@@ -331,18 +331,18 @@ class Sender:
             ) from None
 
     def _url(self, path: str) -> httpx.URL:
-        url = self._urls.get(path)
-        if url is None:
-            url = self._urls[path] = httpx.URL(self._base_url + path)
-        return url
+        return self._url_and_text(path)[0]
 
     def _url_text(self, path: str) -> str:
-        # What errors and logs name; the request's URL is this one (absolute, so httpx
-        # merges no base URL into it).
-        text = self._url_texts.get(path)
-        if text is None:
-            text = self._url_texts[path] = str(self._url(path))
-        return text
+        return self._url_and_text(path)[1]
+
+    def _url_and_text(self, path: str) -> tuple[httpx.URL, str]:
+        cached = self._urls.get(path)
+        if cached is None:
+            # Absolute, so httpx merges no base URL into it: the request's URL is this one.
+            url = httpx.URL(self._base_url + path)
+            cached = self._urls[path] = (url, str(url))
+        return cached
 
     def _build(
         self,
