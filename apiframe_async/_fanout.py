@@ -29,7 +29,9 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
+import anyio.lowlevel
 import attrs
+import sniffio
 from anyio.abc import TaskGroup
 
 from ._budget import credits_charged
@@ -395,6 +397,15 @@ class BulkJob(Generic[T]):
             math.inf
         )
         self._task_group: TaskGroup | None = None
+        # Set by backend in __aenter__ (see `_next_received`). On trio every cancel is a
+        # cancel scope, and `current_effective_deadline()` shows a cancel or a passed
+        # deadline before the scheduler delivers it: a read needs no trip unless one is
+        # due (a trip each was 2 of the 3 task steps of a request at 0 ms latency). On
+        # asyncio, a timeout of its own (`asyncio.timeout`, `wait_for`) is a callback
+        # that nothing shows, and a due one runs after the task that yielded has resumed:
+        # only a second trip lets it land before the read frees a place.
+        self._deadlines_seen = False
+        self._trips_per_read = 2
         self._workers_left = concurrency
         # Workers waiting out a re-run's Retry-After without a place (see `_rest`).
         self._resting = 0
@@ -404,6 +415,8 @@ class BulkJob(Generic[T]):
 
     async def __aenter__(self) -> Self:
         """Start the workers."""
+        if sniffio.current_async_library() == "trio":
+            self._deadlines_seen, self._trips_per_read = True, 1
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for _ in range(self._workers_left):
@@ -450,14 +463,27 @@ class BulkJob(Generic[T]):
 
     async def _next_received(self) -> Outcome[T] | _Skipped:
         try:
-            # A trip through the scheduler per outcome, even when one is waiting: it lets a
-            # deadline that passed meanwhile cancel the job before workers it woke by
-            # reading send more paid requests.
-            return await self._receive.receive()
+            try:
+                outcome = self._receive.receive_nowait()
+            except anyio.WouldBlock:
+                outcome = await self._receive.receive()
         except anyio.EndOfStream:
             if self._input.error is not None:
                 raise self._input.error from None
             raise StopAsyncIteration from None
+        if self._deadlines_seen and anyio.current_effective_deadline() > anyio.current_time():
+            return outcome
+        try:
+            # Trips through the scheduler between taking an outcome and freeing its place:
+            # a cancel, or a deadline that passed meanwhile, stops the job there, before
+            # the worker that the place would wake sends another paid request.
+            for _ in range(self._trips_per_read):
+                await anyio.lowlevel.checkpoint()
+        except BaseException:
+            if isinstance(outcome, Outcome):
+                self._leftovers.append(outcome)  # paid for: `take_received()` has it
+            raise
+        return outcome
 
     def take_received(self) -> list[Outcome[T]]:
         """The outcomes that came back and were never yielded; also after the job ended.

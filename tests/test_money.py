@@ -7,6 +7,8 @@ paying; the journal's states say the same as the retry rules, and resume by them
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -431,6 +434,73 @@ async def test_a_reply_that_never_comes_is_paid_once_and_uncertain() -> None:
     errors = [o.error for o in outcomes]
     assert all(isinstance(e, APITimeoutError) and e.may_have_been_submitted for e in errors)
     assert posts == {b"POST /ai-photo-generate HTTP/1.1": 3}
+
+
+# -- a caller's deadline -------------------------------------------------------------------
+
+
+async def _deadline_passing_while_outcomes_wait(
+    deadline_scope: contextlib.AbstractAsyncContextManager[object],
+    set_deadline: Callable[[float], None],
+) -> None:
+    """The caller's deadline passes while it handles one outcome and the window is full of
+    others: the next read stops the job, the server counts no generation sent after the
+    deadline, and what was paid for is still handed back by `take_received()`."""
+    fake = FakeApiframe(generate_fetches=0)
+    concurrency = 4
+    async with (
+        fake.serve() as base_url,
+        AsyncApiframe(fake.api_key, base_url=base_url, max_concurrency=concurrency) as client,
+    ):
+        requests = _requests(fake.add_trained_model(), 100)
+        job = client.generate_many(requests, concurrency=concurrency)
+        handed_over: list[Outcome[Generation]] = []
+        sent_before_deadline = -1
+        with contextlib.suppress(TimeoutError):
+            async with deadline_scope, job as outcomes:
+                async for outcome in outcomes:
+                    handed_over.append(outcome)
+                    if len(handed_over) == 1:
+                        # Yield long enough for the workers to fill the window and wait.
+                        await anyio.sleep(0.5)
+                        sent_before_deadline = sum(fake.generate_count_by_prompt().values())
+                        set_deadline(0.05)
+                        time.sleep(0.2)  # noqa: ASYNC251 -- the deadline passes, nothing runs
+    waiting = job.take_received()
+    # Window of 2 x concurrency: all of it came back and waited when the deadline passed.
+    assert sent_before_deadline == 1 + 2 * concurrency
+    assert sum(fake.generate_count_by_prompt().values()) == sent_before_deadline
+    assert len(handed_over) == 1  # the read after the deadline stopped the job
+    assert len(handed_over) + len(waiting) == sent_before_deadline
+    assert all(o.ok for o in [*handed_over, *waiting])
+
+
+async def test_a_deadline_passing_while_outcomes_wait_lets_no_generation_out() -> None:
+    """An anyio (on trio, a trio) cancel scope's deadline: see the helper above."""
+    scope = anyio.CancelScope()
+
+    def set_deadline(seconds: float) -> None:
+        scope.deadline = anyio.current_time() + seconds
+
+    @contextlib.asynccontextmanager
+    async def within_scope() -> AsyncIterator[None]:
+        with scope:
+            yield
+
+    await _deadline_passing_while_outcomes_wait(within_scope(), set_deadline)
+    assert scope.cancelled_caught
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_asyncio_timeout_passing_while_outcomes_wait_lets_no_generation_out() -> None:
+    """`asyncio.timeout()`, which cancels through a loop callback: the same as above."""
+    timeout = asyncio.timeout(None)
+
+    def set_deadline(seconds: float) -> None:
+        timeout.reschedule(asyncio.get_running_loop().time() + seconds)
+
+    await _deadline_passing_while_outcomes_wait(timeout, set_deadline)
+    assert timeout.expired()
 
 
 # -- one journal, one run -------------------------------------------------------------------
