@@ -5,8 +5,10 @@ runs the client alone in its own process (benchmarks/clients.py), so CPU time an
 are that client's. Then it prints one table, with ratios against the same run's references:
 only ratios measured in one run mean anything on a noisy machine.
 
-Usage: `python benchmarks/run.py [--quick] [--scenario NAME]... [--client NAME]...`
-(or `nox -s bench -- --quick`).
+Usage: `python benchmarks/run.py [--quick] [--repeat R] [--scenario NAME]... [--client NAME]...`
+(or `nox -s bench -- --quick`). With `--repeat R` every client runs R times, the clients
+taking turns, and each cell is the median; a CPU ratio is the median of the ratios of
+runs taken side by side (round k of a client against round k of aiohttp), with their range.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import importlib.util
 import json
 import math
+import statistics
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -96,33 +99,62 @@ def _has_client() -> bool:
 
 
 def cell(
-    scenario: Scenario, n: int, result: dict[str, Any], backend: str, table: dict[str, Any]
+    scenario: Scenario,
+    n: int,
+    results: list[dict[str, Any]],
+    backend: str,
+    table: dict[str, Any],
 ) -> str:
-    """A table cell: the scenario's figure and its ratio, or why there is none."""
-    if "error" in result:
-        return str(result["error"])
+    """A table cell: the median of the scenario's figure over the rounds and its ratio, or
+    why there is none."""
+    errors = [str(r["error"]) for r in results if "error" in r]
+    if errors:
+        return errors[0]
     if scenario.name == "fan-out":
         # Each worker's requests follow one another: N requests through `concurrency` of
         # them take ceil(N / concurrency) round trips at the least (5,000 at 256: 20, not 19.5).
         ideal = math.ceil(n / scenario.concurrency) * scenario.latency_ms / 1000
-        return f"{result['wall_s']:.2f} s ({result['wall_s'] / ideal:.2f}x ideal)"
+        wall = statistics.median(r["wall_s"] for r in results)
+        return f"{wall:.2f} s ({wall / ideal:.2f}x ideal){_spread(results, 'wall_s', 's')}"
     if scenario.name.startswith("overhead"):
-        reference = table.get(CPU_REFERENCE.label, {}).get(scenario.name, {}).get("cpu_us")
-        ratio = f" ({result['cpu_us'] / reference:.2f}x)" if reference else ""
-        return f"{result['cpu_us']:.0f} us{ratio}"
-    reference = table.get(f"{RSS_REFERENCE} ({backend})", {}).get(scenario.name, {}).get("rss_mb")
-    delta = f" ({result['rss_mb'] - reference:+.1f})" if reference else ""
-    return f"{result['rss_mb']:.1f} MB{delta}"
+        cpu = statistics.median(r["cpu_us"] for r in results)
+        references = table.get(CPU_REFERENCE.label, {}).get(scenario.name, [])
+        ratios = [
+            r["cpu_us"] / ref["cpu_us"]
+            for r, ref in zip(results, references, strict=False)
+            if "error" not in ref
+        ]
+        if not ratios:
+            return f"{cpu:.0f} us"
+        ratio = f"{statistics.median(ratios):.2f}x"
+        if len(ratios) > 1:
+            ratio += f"; {min(ratios):.2f}-{max(ratios):.2f}x"
+        return f"{cpu:.0f} us ({ratio})"
+    rss = statistics.median(r["rss_mb"] for r in results)
+    references = table.get(f"{RSS_REFERENCE} ({backend})", {}).get(scenario.name, [])
+    ok = [r["rss_mb"] for r in references if "error" not in r]
+    delta = f" ({rss - statistics.median(ok):+.1f})" if ok else ""
+    return f"{rss:.1f} MB{delta}"
 
 
-def checks(results: dict[str, dict[str, Any]]) -> str:
-    """Failed requests, duplicates seen by the server, and peak in flight, per scenario."""
+def _spread(results: list[dict[str, Any]], key: str, unit: str) -> str:
+    if len(results) < 2:
+        return ""
+    values = [r[key] for r in results]
+    return f"; {min(values):.2f}-{max(values):.2f} {unit}"
+
+
+def checks(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Failed requests, duplicates seen by the server, and peak in flight, per scenario,
+    over every round."""
     parts = []
-    for name, result in results.items():
-        if "error" not in result:
+    for name, rounds in results.items():
+        done = [r for r in rounds if "error" not in r]
+        if done:
             parts.append(
-                f"{name}: {result['failed']} failed, {result['duplicates']} dup, "
-                f"peak {result['peak_in_flight']}"
+                f"{name}: {sum(r['failed'] for r in done)} failed, "
+                f"{sum(r['duplicates'] for r in done)} dup, "
+                f"peak {max(r['peak_in_flight'] for r in done)}"
             )
     return "; ".join(parts)
 
@@ -133,6 +165,9 @@ def main() -> None:
     parser.add_argument("--scenario", action="append", choices=[s.name for s in SCENARIOS])
     parser.add_argument("--client", action="append", choices=sorted({c.name for c in CLIENTS}))
     parser.add_argument("--limit", type=float, default=300, help="seconds allowed per run")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds per scenario, the clients taking turns"
+    )
     args = parser.parse_args()
     scenarios = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
     clients = [c for c in CLIENTS if (not args.client or c.name in args.client)]
@@ -143,10 +178,11 @@ def main() -> None:
         n = scenario.quick_n if args.quick else scenario.n
         print(f"{scenario.name}: N={n}, concurrency {scenario.concurrency}, ", end="")
         print(f"latency {scenario.latency_ms:g} ms", flush=True)
-        for client in clients:
-            result = run_one(client, scenario, n, args.limit)
-            table[client.label][scenario.name] = result
-            print(f"  {client.label}: {json.dumps(result)}", flush=True)
+        for round_ in range(args.repeat):
+            for client in clients:
+                result = run_one(client, scenario, n, args.limit)
+                table[client.label].setdefault(scenario.name, []).append(result)
+                print(f"  {round_ + 1} {client.label}: {json.dumps(result)}", flush=True)
 
     print()
     print("| client | " + " | ".join(s.name for s in scenarios) + " | checks |")
