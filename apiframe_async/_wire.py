@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -109,6 +111,30 @@ def _keeping_extra(
     return structure
 
 
+def _is_optional(type_: Any) -> bool:  # noqa: ANN401
+    args = typing.get_args(type_)
+    return typing.get_origin(type_) in (types.UnionType, typing.Union) and (
+        len(args) == 2 and type(None) in args  # noqa: PLR2004 -- X | None
+    )
+
+
+def _optional_hook(
+    converter: cattrs.Converter,
+) -> Callable[[Any], Callable[[Any, Any], Any]]:
+    """Hooks for `X | None` that look X's hook up once, not on every value as cattrs does."""
+
+    def factory(type_: Any) -> Callable[[Any, Any], Any]:  # noqa: ANN401
+        (inner,) = (arg for arg in typing.get_args(type_) if arg is not type(None))
+        structure_inner = converter.get_structure_hook(inner)
+
+        def structure(value: Any, _: Any) -> Any:  # noqa: ANN401
+            return None if value is None else structure_inner(value, inner)
+
+        return structure
+
+    return factory
+
+
 def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     """Build the converter between the domain classes and the API's JSON.
 
@@ -135,6 +161,7 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
         return result
 
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _list_of_strings)
+    converter.register_structure_hook_factory(_is_optional, _optional_hook(converter))
 
     as_string = override(unstruct_hook=_int_to_wire_string)
     converter.register_unstructure_hook(
@@ -179,6 +206,8 @@ class Wire:
     def __init__(self, converter: cattrs.Converter | None = None) -> None:
         """Use `converter`, or the library's lenient one."""
         self._converter = converter or _default_converter()
+        # cattrs looks a class's hook up on every call: each is looked up once here.
+        self._hooks: dict[type[Any], Callable[[Any, Any], Any]] = {}
 
     def body(self, request: GenerateRequest | UploadRequest | TrainRequest) -> dict[str, Any]:
         """The JSON body of a request: set fields only, wire numbers as strings."""
@@ -188,17 +217,24 @@ class Wire:
     def structure(self, data: object, cls: type[T], *, body: str = "") -> T:
         """Build `cls` from a decoded reply, or raise `ResponseValidationError`."""
         _refuse_errors(data, body)
+        return self._structure(data, cls, body)
+
+    def _structure(self, data: object, cls: type[T], body: str) -> T:
+        hook = self._hooks.get(cls)
+        if hook is None:
+            hook = self._hooks[cls] = self._converter.get_structure_hook(cls)
         try:
-            return self._converter.structure(data, cls)
+            result: T = hook(data, cls)
         except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
             raise ResponseValidationError(_problems(exc), body=body or repr(data)) from exc
+        return result
 
     def task(self, data: object, *, task_id: str | None = None, body: str = "") -> Task:
         """A `Task` from a reply; `task_id` fills in when the reply leaves it out."""
         _refuse_errors(data, body)
         if task_id is not None and isinstance(data, Mapping) and "task_id" not in data:
             data = {**data, "task_id": task_id}
-        return self.structure(data, Task, body=body)
+        return self._structure(data, Task, body)
 
     def tasks(self, data: object, *, body: str = "") -> list[Task]:
         """The tasks of a `/fetch-many` reply (`{"tasks": [...]}`)."""
