@@ -21,6 +21,7 @@ How the bounds hold:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -340,6 +341,21 @@ class _Input(Generic[T]):
                 await close()
 
 
+async def _after_due_timers() -> None:
+    """The reader's trip on asyncio: back only after every timer already due has run.
+
+    `sleep(0)` resumes the task before a due timer's callback: an `asyncio.timeout()` that
+    passed while the caller handled an outcome would cancel only after the next read had
+    freed a place. A timer due now is run after those due earlier, and what they wake (a
+    task of `wait_for`'s, a watchdog that cancels) is queued before this task's wake-up.
+    """
+    await asyncio.sleep(_NOW)
+
+
+#: A delay that makes `asyncio.sleep` set a timer (0 only yields): due at once.
+_NOW = 1e-9
+
+
 class BulkJob(Generic[T]):
     """A running bulk job: an async context manager that yields `Outcome`s as they come.
 
@@ -397,15 +413,7 @@ class BulkJob(Generic[T]):
             math.inf
         )
         self._task_group: TaskGroup | None = None
-        # Set by backend in __aenter__ (see `_next_received`). On trio every cancel is a
-        # cancel scope, and `current_effective_deadline()` shows a cancel or a passed
-        # deadline before the scheduler delivers it: a read needs no trip unless one is
-        # due (a trip each was 2 of the 3 task steps of a request at 0 ms latency). On
-        # asyncio, a timeout of its own (`asyncio.timeout`, `wait_for`) is a callback
-        # that nothing shows, and a due one runs after the task that yielded has resumed:
-        # only a second trip lets it land before the read frees a place.
-        self._deadlines_seen = False
-        self._trips_per_read = 2
+        self._trip: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
         self._workers_left = concurrency
         # Workers waiting out a re-run's Retry-After without a place (see `_rest`).
         self._resting = 0
@@ -415,8 +423,8 @@ class BulkJob(Generic[T]):
 
     async def __aenter__(self) -> Self:
         """Start the workers."""
-        if sniffio.current_async_library() == "trio":
-            self._deadlines_seen, self._trips_per_read = True, 1
+        if sniffio.current_async_library() == "asyncio":
+            self._trip = _after_due_timers
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for _ in range(self._workers_left):
@@ -462,28 +470,19 @@ class BulkJob(Generic[T]):
         return outcome
 
     async def _next_received(self) -> Outcome[T] | _Skipped:
+        # A trip through the scheduler before each read, even when an outcome is waiting:
+        # a cancel, or a deadline that passed meanwhile, stops the job there, before the
+        # read frees a place and wakes a worker that would send another paid request.
+        await self._trip()
         try:
             try:
-                outcome = self._receive.receive_nowait()
+                return self._receive.receive_nowait()
             except anyio.WouldBlock:
-                outcome = await self._receive.receive()
+                return await self._receive.receive()
         except anyio.EndOfStream:
             if self._input.error is not None:
                 raise self._input.error from None
             raise StopAsyncIteration from None
-        if self._deadlines_seen and anyio.current_effective_deadline() > anyio.current_time():
-            return outcome
-        try:
-            # Trips through the scheduler between taking an outcome and freeing its place:
-            # a cancel, or a deadline that passed meanwhile, stops the job there, before
-            # the worker that the place would wake sends another paid request.
-            for _ in range(self._trips_per_read):
-                await anyio.lowlevel.checkpoint()
-        except BaseException:
-            if isinstance(outcome, Outcome):
-                self._leftovers.append(outcome)  # paid for: `take_received()` has it
-            raise
-        return outcome
 
     def take_received(self) -> list[Outcome[T]]:
         """The outcomes that came back and were never yielded; also after the job ended.

@@ -355,6 +355,26 @@ async def test_a_cancelled_caller_stops_at_the_next_outcome_even_if_some_are_wai
     assert seen == 1
 
 
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_a_cancel_caught_around_one_read_loses_no_outcome_and_no_place(
+    client: AsyncApiframe, server: CountingServer, ordered: bool
+) -> None:
+    """A read cancelled at its trip (a scope whose time is already up) takes nothing: the
+    caller reads on and gets every outcome, in order if asked; no place of the window is
+    lost, so the job does not stall."""
+    async with client.generate_many(requests(20), concurrency=2, ordered=ordered) as outcomes:
+        await anyio.sleep(0.2)  # the window fills
+        for _ in range(4):  # as many as the window holds
+            with anyio.CancelScope(deadline=anyio.current_time() - 1) as scope:
+                await anext(outcomes)
+            assert scope.cancelled_caught
+        with anyio.fail_after(5):
+            seen = [o.index async for o in outcomes]
+        assert outcomes.take_received() == []
+    assert seen == list(range(20)) if ordered else sorted(seen) == list(range(20))
+    assert sum(server.generated.values()) == 20
+
+
 async def test_a_job_that_never_waits_on_the_network_lets_other_tasks_run(
     client: AsyncApiframe,
 ) -> None:

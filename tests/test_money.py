@@ -8,7 +8,6 @@ paying; the journal's states say the same as the retry rules, and resume by them
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import socket
@@ -17,11 +16,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
 import anyio
+import attrs
 import httpx
 import pytest
 
@@ -439,68 +439,114 @@ async def test_a_reply_that_never_comes_is_paid_once_and_uncertain() -> None:
 # -- a caller's deadline -------------------------------------------------------------------
 
 
-async def _deadline_passing_while_outcomes_wait(
-    deadline_scope: contextlib.AbstractAsyncContextManager[object],
-    set_deadline: Callable[[float], None],
-) -> None:
-    """The caller's deadline passes while it handles one outcome and the window is full of
-    others: the next read stops the job, the server counts no generation sent after the
-    deadline, and what was paid for is still handed back by `take_received()`."""
-    fake = FakeApiframe(generate_fetches=0)
-    concurrency = 4
-    async with (
-        fake.serve() as base_url,
-        AsyncApiframe(fake.api_key, base_url=base_url, max_concurrency=concurrency) as client,
-    ):
-        requests = _requests(fake.add_trained_model(), 100)
-        job = client.generate_many(requests, concurrency=concurrency)
-        handed_over: list[Outcome[Generation]] = []
-        sent_before_deadline = -1
-        with contextlib.suppress(TimeoutError):
-            async with deadline_scope, job as outcomes:
-                async for outcome in outcomes:
-                    handed_over.append(outcome)
-                    if len(handed_over) == 1:
-                        # Yield long enough for the workers to fill the window and wait.
-                        await anyio.sleep(0.5)
-                        sent_before_deadline = sum(fake.generate_count_by_prompt().values())
-                        set_deadline(0.05)
-                        time.sleep(0.2)  # noqa: ASYNC251 -- the deadline passes, nothing runs
-    waiting = job.take_received()
-    # Window of 2 x concurrency: all of it came back and waited when the deadline passed.
-    assert sent_before_deadline == 1 + 2 * concurrency
-    assert sum(fake.generate_count_by_prompt().values()) == sent_before_deadline
-    assert len(handed_over) == 1  # the read after the deadline stopped the job
-    assert len(handed_over) + len(waiting) == sent_before_deadline
-    assert all(o.ok for o in [*handed_over, *waiting])
+@attrs.define
+class _LateJob:
+    """A job whose caller's deadline passes while it handles outcome 1 and the window (2 x
+    concurrency) is full of others: nothing can run while it passes."""
+
+    fake: FakeApiframe = attrs.Factory(lambda: FakeApiframe(generate_fetches=0))
+    concurrency: int = 4
+    handed_over: list[Outcome[Generation]] = attrs.Factory(list)
+    taken_back: list[Outcome[Generation]] = attrs.Factory(list)
+    sent_before_deadline: int = -1
+
+    def sent(self) -> int:
+        return sum(self.fake.generate_count_by_prompt().values())
+
+    async def run(self, set_deadline: Callable[[float], None]) -> None:
+        """Run the job; after outcome 1, `set_deadline(0.6)`: the deadline falls while the
+        caller blocks, 0.5 to 0.8 s later, the window full."""
+        async with (
+            self.fake.serve() as base_url,
+            AsyncApiframe(
+                self.fake.api_key, base_url=base_url, max_concurrency=self.concurrency
+            ) as client,
+        ):
+            requests = _requests(self.fake.add_trained_model(), 100)
+            job = client.generate_many(requests, concurrency=self.concurrency)
+            try:
+                async with job as outcomes:
+                    async for outcome in outcomes:
+                        self.handed_over.append(outcome)
+                        if len(self.handed_over) == 1:
+                            set_deadline(0.6)
+                            await anyio.sleep(0.5)  # the workers fill the window and wait
+                            self.sent_before_deadline = self.sent()
+                            time.sleep(0.3)  # noqa: ASYNC251 -- the deadline passes
+            finally:
+                self.taken_back = job.take_received()
+
+    def check(self, *, most_handed_over: int = 1) -> None:
+        """No generation was sent after the deadline, and none paid for is lost."""
+        assert self.sent_before_deadline == 1 + 2 * self.concurrency
+        assert self.sent() == self.sent_before_deadline
+        # The read after the deadline stopped the job (the one before it was outcome 1).
+        assert len(self.handed_over) <= most_handed_over
+        outcomes = [*self.handed_over, *self.taken_back]
+        assert len(outcomes) == self.sent_before_deadline
+        assert all(o.ok for o in outcomes)
 
 
 async def test_a_deadline_passing_while_outcomes_wait_lets_no_generation_out() -> None:
-    """An anyio (on trio, a trio) cancel scope's deadline: see the helper above."""
-    scope = anyio.CancelScope()
+    """An anyio (on trio, a trio) cancel scope's deadline."""
+    late = _LateJob()
+    with anyio.CancelScope() as scope:
 
-    def set_deadline(seconds: float) -> None:
-        scope.deadline = anyio.current_time() + seconds
+        def set_deadline(seconds: float) -> None:
+            scope.deadline = anyio.current_time() + seconds
 
-    @contextlib.asynccontextmanager
-    async def within_scope() -> AsyncIterator[None]:
-        with scope:
-            yield
-
-    await _deadline_passing_while_outcomes_wait(within_scope(), set_deadline)
+        await late.run(set_deadline)
     assert scope.cancelled_caught
+    late.check()
+
+
+async def test_a_cancel_from_a_watchdog_whose_sleep_ended_lets_no_generation_out() -> None:
+    """Another task sleeps, then cancels the caller's scope. On trio that task and the
+    reader wake in one batch, in either order: one more outcome may be handed over."""
+    late = _LateJob()
+    async with anyio.create_task_group() as watchdogs:
+        with anyio.CancelScope() as scope:
+
+            async def watchdog(seconds: float) -> None:
+                await anyio.sleep(seconds)
+                scope.cancel()
+
+            # The watchdog is asleep before the caller blocks, and its sleep ends meanwhile.
+            await late.run(lambda seconds: watchdogs.start_soon(watchdog, seconds))
+    assert scope.cancelled_caught
+    late.check(most_handed_over=2)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_an_asyncio_timeout_passing_while_outcomes_wait_lets_no_generation_out() -> None:
-    """`asyncio.timeout()`, which cancels through a loop callback: the same as above."""
+    """`asyncio.timeout()`, which cancels through a loop callback."""
+    late = _LateJob()
     timeout = asyncio.timeout(None)
 
     def set_deadline(seconds: float) -> None:
         timeout.reschedule(asyncio.get_running_loop().time() + seconds)
 
-    await _deadline_passing_while_outcomes_wait(timeout, set_deadline)
+    async def run_with_timeout() -> None:
+        async with timeout:
+            await late.run(set_deadline)
+
+    with pytest.raises(TimeoutError):
+        await run_with_timeout()
     assert timeout.expired()
+    late.check()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_wait_for_timeout_passing_while_outcomes_wait_lets_no_generation_out() -> None:
+    """`asyncio.wait_for()`, which on Python 3.11 cancels from the task that waits."""
+    late = _LateJob()
+    deadline = asyncio.get_running_loop().create_future()
+    job = asyncio.ensure_future(late.run(deadline.set_result))
+
+    seconds = await asyncio.shield(deadline)  # after outcome 1: the deadline starts
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(job, timeout=seconds)
+    late.check()
 
 
 # -- one journal, one run -------------------------------------------------------------------
