@@ -453,7 +453,7 @@ class _LateJob:
     def sent(self) -> int:
         return sum(self.fake.generate_count_by_prompt().values())
 
-    async def run(self, set_deadline: Callable[[float], None]) -> None:
+    async def run(self, set_deadline: Callable[[float], object]) -> None:
         """Run the job; after outcome 1, `set_deadline(0.6)`: the deadline falls while the
         caller blocks, 0.5 to 0.8 s later, the window full."""
         async with (
