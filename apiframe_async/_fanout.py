@@ -17,6 +17,9 @@ How the bounds hold:
   without one, while spare workers keep the places busy.
 - After a 401, 402 or 403 (see `_charges.dooms_the_job`) no new request is started: the
   items left end with `NotSentError`, so a doomed job pays for at most what was in flight.
+- A cancel, or a deadline that passed while the caller handled an outcome, stops the job
+  at its next read, before that read frees a place: each read first takes a trip through
+  the scheduler that lets the cancel land (see `_after_due_timers` for asyncio's).
 """
 
 from __future__ import annotations
