@@ -344,19 +344,23 @@ class _Input(Generic[T]):
                 await close()
 
 
+#: A delay that makes `asyncio.sleep` set a timer (0 only yields): due at once.
+_NOW = 1e-9
+
+
 async def _after_due_timers() -> None:
-    """The reader's trip on asyncio: back only after every timer already due has run.
+    """The reader's trip on asyncio: back after due timers and what they set off have run.
 
     `sleep(0)` resumes the task before a due timer's callback: an `asyncio.timeout()` that
     passed while the caller handled an outcome would cancel only after the next read had
-    freed a place. A timer due now is run after those due earlier, and what they wake (a
-    task of `wait_for`'s, a watchdog that cancels) is queued before this task's wake-up.
+    freed a place. A timer due now runs after those due earlier (the timeout's, anyio's
+    deadlines), and the pass after it lets what they wake act too: a task's `cancel()` of
+    a watchdog whose sleep ended, `wait_for()`'s (Python 3.11 cancels from the waiting
+    task), `asyncio.TaskGroup`'s when a sibling fails (its done-callback). A cancel that
+    comes further down such a chain can still let one more paid request out.
     """
     await asyncio.sleep(_NOW)
-
-
-#: A delay that makes `asyncio.sleep` set a timer (0 only yields): due at once.
-_NOW = 1e-9
+    await asyncio.sleep(0)
 
 
 class BulkJob(Generic[T]):
@@ -417,6 +421,9 @@ class BulkJob(Generic[T]):
         )
         self._task_group: TaskGroup | None = None
         self._trip: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        # Set by the workers when an outcome is sent or the stream closed: what a reader
+        # waits on when none is waiting (made in __aenter__, in the event loop).
+        self._arrived: anyio.Event
         self._workers_left = concurrency
         # Workers waiting out a re-run's Retry-After without a place (see `_rest`).
         self._resting = 0
@@ -428,6 +435,7 @@ class BulkJob(Generic[T]):
         """Start the workers."""
         if sniffio.current_async_library() == "asyncio":
             self._trip = _after_due_timers
+        self._arrived = anyio.Event()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for _ in range(self._workers_left):
@@ -473,15 +481,20 @@ class BulkJob(Generic[T]):
         return outcome
 
     async def _next_received(self) -> Outcome[T] | _Skipped:
-        # A trip through the scheduler before each read, even when an outcome is waiting:
+        # A trip through the scheduler before each take, even when an outcome is waiting:
         # a cancel, or a deadline that passed meanwhile, stops the job there, before the
         # read frees a place and wakes a worker that would send another paid request.
-        await self._trip()
         try:
-            try:
-                return self._receive.receive_nowait()
-            except anyio.WouldBlock:
-                return await self._receive.receive()
+            while True:
+                await self._trip()
+                try:
+                    return self._receive.receive_nowait()
+                except anyio.WouldBlock:
+                    # Not `receive()`: a sender hands its item to a waiting receive()
+                    # itself, and a cancel landing before that receive() resumes drops the
+                    # item, a paid outcome, inside anyio. Here it stays in the buffer.
+                    self._arrived = anyio.Event()
+                    await self._arrived.wait()
         except anyio.EndOfStream:
             if self._input.error is not None:
                 raise self._input.error from None
@@ -523,10 +536,12 @@ class BulkJob(Generic[T]):
                     self._window.release()
                     return
                 self._send.send_nowait(await self._run_one(*pulled))
+                self._arrived.set()
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
                 self._send.close()
+                self._arrived.set()
 
     async def _rest(self, seconds: float) -> None:
         """Wait out a re-run's delay without a place, while a spare worker uses it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import random
@@ -343,7 +344,7 @@ async def test_cancel_from_outside_leaves_the_client_usable(
 async def test_a_cancelled_caller_stops_at_the_next_outcome_even_if_some_are_waiting(
     client: AsyncApiframe,
 ) -> None:
-    """Outcomes already back are taken without a scheduler trip, but never past a cancel."""
+    """A read after a cancel stops the job, even with outcomes already back."""
     items = ({"prompt": "no training id"} for _ in range(100))
     seen = 0
     with anyio.CancelScope() as scope:
@@ -373,6 +374,42 @@ async def test_a_cancel_caught_around_one_read_loses_no_outcome_and_no_place(
         assert outcomes.take_received() == []
     assert seen == list(range(20)) if ordered else sorted(seen) == list(range(20))
     assert sum(server.generated.values()) == 20
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_outcome_that_arrives_as_the_waiting_caller_is_cancelled_is_kept() -> None:
+    """The caller waits for an outcome; in one pass of the loop a worker's reply comes and,
+    after it, a cancel: the outcome, paid for, is in `take_received()`, not dropped."""
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[str] = loop.create_future()
+
+    async def work(request: GenerateRequest, _claim: object) -> str:
+        return await reply if request.prompt == "p0" else await loop.create_future()
+
+    job: BulkJob[str] = BulkJob(
+        requests(2),
+        work,
+        concurrency=1,
+        ordered=False,
+        fail_fast=False,
+        adaptive=False,
+        on_progress=None,
+    )
+    yielded: list[int] = []
+
+    async def consume() -> None:
+        async with job as outcomes:
+            yielded.extend([o.index async for o in outcomes])
+
+    reader = asyncio.create_task(consume())
+    for _ in range(5):
+        await asyncio.sleep(0)  # the caller waits for an outcome, the worker for its reply
+    reply.set_result("photo")
+    loop.call_soon(reader.cancel)  # the same pass, after the worker's step
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert yielded == []
+    assert [(o.index, o.result) for o in job.take_received()] == [(0, "photo")]
 
 
 async def test_a_job_that_never_waits_on_the_network_lets_other_tasks_run(

@@ -501,8 +501,9 @@ async def test_a_deadline_passing_while_outcomes_wait_lets_no_generation_out() -
 
 
 async def test_a_cancel_from_a_watchdog_whose_sleep_ended_lets_no_generation_out() -> None:
-    """Another task sleeps, then cancels the caller's scope. On trio that task and the
-    reader wake in one batch, in either order: one more outcome may be handed over."""
+    """Another task sleeps, then cancels the caller's scope. One more outcome may be handed
+    over: on trio that task and the reader wake in one batch, in either order; on asyncio
+    anyio cancels a task whose wait just ended a pass later."""
     late = _LateJob()
     async with anyio.create_task_group() as watchdogs:
         with anyio.CancelScope() as scope:
@@ -514,6 +515,30 @@ async def test_a_cancel_from_a_watchdog_whose_sleep_ended_lets_no_generation_out
             # The watchdog is asleep before the caller blocks, and its sleep ends meanwhile.
             await late.run(lambda seconds: watchdogs.start_soon(watchdog, seconds))
     assert scope.cancelled_caught
+    late.check(most_handed_over=2)
+
+
+class _SiblingFailedError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_sibling_failing_in_an_asyncio_task_group_lets_no_generation_out() -> None:
+    """`asyncio.TaskGroup` cancels the job's task from a done-callback of the sibling that
+    failed, a step after that sibling's sleep ended."""
+    late = _LateJob()
+
+    async def sibling(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        raise _SiblingFailedError
+
+    async def run_in_a_task_group() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(late.run(lambda seconds: group.create_task(sibling(seconds))))
+
+    with pytest.raises(ExceptionGroup) as failed:
+        await run_in_a_task_group()
+    assert failed.group_contains(_SiblingFailedError)
     late.check(most_handed_over=2)
 
 
