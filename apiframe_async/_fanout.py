@@ -493,7 +493,8 @@ class BulkJob(Generic[T]):
                     # Not `receive()`: a sender hands its item to a waiting receive()
                     # itself, and a cancel landing before that receive() resumes drops the
                     # item, a paid outcome, inside anyio. Here it stays in the buffer.
-                    self._arrived = anyio.Event()
+                    if self._arrived.is_set():  # else another reader waits on it too
+                        self._arrived = anyio.Event()
                     await self._arrived.wait()
         except anyio.EndOfStream:
             if self._input.error is not None:

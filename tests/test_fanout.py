@@ -412,6 +412,26 @@ async def test_an_outcome_that_arrives_as_the_waiting_caller_is_cancelled_is_kep
     assert [(o.index, o.result) for o in job.take_received()] == [(0, "photo")]
 
 
+async def test_two_tasks_reading_one_job_share_its_outcomes(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """Both readers wait for outcomes at times; each outcome goes to one of them."""
+    server.latency = lambda: random.uniform(0.001, 0.01)
+    seen: list[list[int]] = [[], []]
+    async with client.generate_many(requests(60), concurrency=4) as outcomes:
+
+        async def read(into: list[int]) -> None:
+            into.extend([o.index async for o in outcomes])
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as readers:
+                readers.start_soon(read, seen[0])
+                readers.start_soon(read, seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(60))
+    assert seen[0]
+    assert seen[1]
+
+
 async def test_a_job_that_never_waits_on_the_network_lets_other_tasks_run(
     client: AsyncApiframe,
 ) -> None:
