@@ -563,10 +563,11 @@ class AsyncApiframe:
                 as an outcome. With a list or tuple, every request is validated before
                 any is sent.
             adaptive: Lower the requests in flight when the server pushes back (429,
-                503): by one per window, or straight to what the server took when it
-                turned away a request sent with more in flight; grow back by one per
-                window of successes. Requests turned away are sent again after their
-                `Retry-After` (they cost nothing), without holding a place meanwhile.
+                503): by one per window, by an eighth when it turned most of a window
+                away, or straight to what the server took when it turned away a request
+                sent with more in flight; grow back by one per window of successes.
+                Requests turned away are sent again after their `Retry-After` (they cost
+                nothing), without holding a place meanwhile.
             on_progress: Called with the job's `Progress` each time a request ends.
             journal: A SQLite file (or `Journal`) that records each paid request right
                 before it is sent and when it ends, so that a job run again with the same

@@ -14,7 +14,11 @@ How the bounds hold:
 - A request turned away (429, 503: nothing was done, nothing charged) is sent again after
   its `Retry-After`. It keeps its place only a quarter of the time a request takes, so
   that a free place does not turn into a storm of 429s; then it waits out the rest
-  without one, while spare workers keep the places busy.
+  without one, while spare workers keep the places busy. While it waits it also lends
+  its window place to a fresh pull (up to `_LENT_PER_PLACE` per place of concurrency):
+  a server that answers a burst of 429s with `Retry-After: 1` when it takes the next
+  request 10 ms later would otherwise leave the window full of waiting requests and
+  nothing to send for that second.
 - After a 401, 402 or 403 (see `_charges.dooms_the_job`) no new request is started: the
   items left end with `NotSentError`, so a doomed job pays for at most what was in flight.
 - A cancel, or a deadline that passed while the caller handled an outcome, stops the job
@@ -150,6 +154,8 @@ async def _nothing_to_record(_request: GenerateRequest, _claim: Any, _error: Not
 _LONGEST_HOLD = 64
 #: Refusals at the marked level, after the one that marked it, before the wait doubles.
 _REFUSALS_BEFORE_HOLD = 2
+#: Window places lent by requests waiting out a `Retry-After`, per place of concurrency.
+_LENT_PER_PLACE = 6
 
 
 def _retry_after(error: APIStatusError, _attempt: int) -> float | None:
@@ -165,18 +171,24 @@ class AdaptiveLimit:
     turned-away request was sent, whichever is lower, but never by more than an eighth
     at once. A server that runs K at once turns away only requests sent with more than K
     in flight, so the limit lands on K within a few windows; a rate limit or scattered
-    429s cost one per window. Each window of successes adds one, up to the ceiling, so
-    pushback that no backing off avoids is won back as fast as it costs.
+    429s cost one per window. A window the server mostly turned away costs an eighth:
+    a token bucket emptied by the first burst refuses requests sent with every place
+    full, which tells nothing of its rate, and one off a window would take some forty
+    windows of 429s to come down from 64. Each window of successes adds one, up to the
+    ceiling, so pushback that no backing off avoids is won back as fast as it costs.
 
     A level the server keeps refusing is tried ever less often. The first refusal marks
-    its level; from the third refusal at or above the mark, each doubles the clean
-    windows the limit spends just under it before trying it again (up to 64): every try
-    at a true ceiling costs a 429 and its `Retry-After`, and near a job's end nothing
-    else is left to send while the refused request waits. Pushback below the mark is not
-    that ceiling (scattered 429s, or a limit that came down): the mark moves there and
-    the wait starts over at one window; two clean windows above the mark show that the
-    server takes more now, and the mark is dropped. Disabled, it is a plain fixed limit
-    of `ceiling`.
+    its level; from the third refusal at or just above the mark (an eighth), each doubles
+    the clean windows the limit spends just under it before trying it again (up to 64):
+    every try at a true ceiling costs a 429 and its `Retry-After`, and near a job's end
+    nothing else is left to send while the refused request waits. Pushback below the
+    mark is not that ceiling (scattered 429s, or a limit that came down), nor is pushback
+    well above it (the server took more for a while): the mark moves there and the wait
+    starts over at one window. As many clean windows at or above the mark as the wait
+    under it (two at least) show that the server takes more now, and the mark is
+    dropped: fewer would let a token bucket's burst, which takes a level or two more for
+    a second or two, wipe out a long wait. Disabled, it is a plain fixed limit of
+    `ceiling`.
     """
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
@@ -189,13 +201,14 @@ class AdaptiveLimit:
         self._ceiling = ceiling
         self._floor = 1
         self._adaptive = adaptive
-        self._successes = 0
+        self._successes = self._refusals = 0
         self._since_decrease = ceiling
         self._in_use = 0
         self._typical = 0.0
         # The level the server keeps refusing (0: none), the clean windows spent under it
         # before it is tried again, and its refusals since it was marked.
         self._refused_level, self._hold_windows, self._refusals_at_mark = 0, 1, 0
+        self._windows_at_mark = 0
 
     @property
     def current(self) -> int:
@@ -241,9 +254,12 @@ class AdaptiveLimit:
             return
         self._since_decrease += 1
         if overloaded:
+            self._refusals += 1
             if self._since_decrease < self.current:
                 return
-            target = self.current - 1
+            # A window mostly turned away: far over what the server takes, an eighth off.
+            most = 2 * self._refusals > self._since_decrease
+            target = self.current * 7 // 8 if most else self.current - 1
             # Places are taken a moment after they come free, so a request is often sent
             # with one or two fewer than the limit in flight: only a clear gap is news.
             if sent_with is not None and sent_with < self.current - self.current // 8:
@@ -254,7 +270,7 @@ class AdaptiveLimit:
             target = max(self._floor, target)
             if target < self.current:
                 self._mark_refused(self.current)
-                self._since_decrease = self._successes = 0
+                self._since_decrease = self._successes = self._refusals = 0
                 self._set(target)
                 logger.info("server pushed back: concurrency lowered to %d", self.current)
         elif ok and self.current < self._ceiling:
@@ -262,13 +278,16 @@ class AdaptiveLimit:
             below_mark = self.current + 1 == self._refused_level
             if self._successes >= self.current * (self._hold_windows if below_mark else 1):
                 self._successes = 0
-                if self._refused_level and self.current > self._refused_level:
-                    self._mark(0)
+                if self._refused_level and self.current >= self._refused_level:
+                    self._windows_at_mark += 1
+                    if self._windows_at_mark >= max(2, self._hold_windows):
+                        self._mark(0)
                 self._set(self.current + 1)
                 logger.info("no pushback for a window: concurrency raised to %d", self.current)
 
     def _mark_refused(self, level: int) -> None:
-        if self._refused_level and level >= self._refused_level:
+        mark = self._refused_level
+        if mark and mark <= level <= mark + max(3, mark // 8):
             # Twice more before the wait grows: requests sent in bursts are refused at
             # any level, a few times at each, and holding back after each would ratchet
             # the limit down; a true ceiling is refused every time it is tried.
@@ -276,11 +295,13 @@ class AdaptiveLimit:
             if self._refusals_at_mark >= _REFUSALS_BEFORE_HOLD:
                 self._hold_windows = min(2 * self._hold_windows, _LONGEST_HOLD)
         else:
+            # Below the mark, or well above it: another limit than the one marked.
             self._mark(level)
 
     def _mark(self, level: int) -> None:
         """Mark `level` as refused (0: no mark), the wait under it back to one window."""
         self._refused_level, self._hold_windows, self._refusals_at_mark = level, 1, 0
+        self._windows_at_mark = 0
 
 
 def as_request(item: object) -> GenerateRequest:
@@ -414,8 +435,12 @@ class BulkJob(Generic[T]):
         self._limit = AdaptiveLimit(concurrency, adaptive=adaptive)
         self._on_progress = on_progress
         self.progress = Progress(concurrency=concurrency)
-        # Outcomes pulled but not yet read by the caller are bounded by this window.
+        # Outcomes pulled but not yet read by the caller are bounded by this window, which
+        # requests waiting out a Retry-After widen while they wait (see `_rest`): places
+        # lent and not yet taken back (`_window_debt`) stay under `_most_lent`.
         self._window = anyio.Semaphore(2 * concurrency, fast_acquire=True)
+        self._lent = self._window_debt = 0
+        self._most_lent = _LENT_PER_PLACE * concurrency
         self._send, self._receive = anyio.create_memory_object_stream[Outcome[T] | _Skipped](
             math.inf
         )
@@ -424,6 +449,8 @@ class BulkJob(Generic[T]):
         # Set by the workers when an outcome is sent or the stream closed: what a reader
         # waits on when none is waiting (made in __aenter__, in the event loop).
         self._arrived: anyio.Event
+        # Set when the first request of the job succeeds (see `_hold`).
+        self._taken: anyio.Event
         self._workers_left = concurrency
         # Workers waiting out a re-run's Retry-After without a place (see `_rest`).
         self._resting = 0
@@ -436,6 +463,7 @@ class BulkJob(Generic[T]):
         if sniffio.current_async_library() == "asyncio":
             self._trip = _after_due_timers
         self._arrived = anyio.Event()
+        self._taken = anyio.Event()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for _ in range(self._workers_left):
@@ -473,7 +501,7 @@ class BulkJob(Generic[T]):
         """The next outcome: in completion order, or in input order if `ordered`."""
         while True:
             outcome = await (self._next_in_order() if self._ordered else self._next_received())
-            self._window.release()
+            self._free_place()
             if isinstance(outcome, Outcome):
                 break
         if self._fail_fast and outcome.error is not None:
@@ -534,7 +562,7 @@ class BulkJob(Generic[T]):
                 await self._window.acquire()
                 pulled = await self._input.next()
                 if pulled is None:
-                    self._window.release()
+                    self._free_place()
                     return
                 self._send.send_nowait(await self._run_one(*pulled))
                 self._arrived.set()
@@ -544,15 +572,50 @@ class BulkJob(Generic[T]):
                 self._send.close()
                 self._arrived.set()
 
+    async def _hold(self, wait: float) -> float:
+        """Keep a turned-away request's place a while; the seconds it was kept.
+
+        A quarter of a request's time; before the server has taken any request of the
+        job, until it does (or for the whole wait). A place given up at once then would
+        be a fresh request turned away within a millisecond, and the next, hundreds of
+        429s before the first generation ends: the server is at its limit already.
+        """
+        if typical := self._limit.typical_seconds:
+            held = min(wait, typical / 4)
+            await anyio.sleep(held)
+            return held
+        start = time.monotonic()
+        with anyio.move_on_after(wait):
+            await self._taken.wait()
+        return min(wait, time.monotonic() - start)
+
+    def _took(self, seconds: float) -> None:
+        """Learn how long a success took; the job's first ends the holds of `_hold`."""
+        if not self._limit.typical_seconds:
+            self._taken.set()
+        self._limit.took(seconds)
+
+    def _free_place(self) -> None:
+        """Give a window place back, or take back one lent by a request that waited."""
+        if self._window_debt:
+            self._window_debt -= 1
+        else:
+            self._window.release()
+
     async def _rest(self, seconds: float) -> None:
         """Wait out a re-run's delay without a place, while a spare worker uses it.
 
         A spare is started only when a worker rests and fewer than `concurrency` are
         busy: a job without pushback runs `concurrency` workers (a spare for each place
         would cost every request a task switch), and the window, which bounds what is
-        pulled, bounds the workers that rest.
+        pulled, bounds the workers that rest. The window place is lent meanwhile, and
+        taken back from the next place given back after the wait.
         """
         self._resting += 1
+        lend = self._lent + self._window_debt < self._most_lent
+        if lend:
+            self._lent += 1
+            self._window.release()
         if self._workers_left - self._resting < self._concurrency:
             assert self._task_group is not None  # noqa: S101 -- set by __aenter__
             self._workers_left += 1
@@ -561,6 +624,9 @@ class BulkJob(Generic[T]):
             await anyio.sleep(seconds)
         finally:
             self._resting -= 1
+            if lend:
+                self._lent -= 1
+                self._window_debt += 1
 
     async def _run_one(self, index: int, item: object) -> Outcome[T] | _Skipped:
         """The item's outcome, or a marker for a replayed item the caller does not want."""
@@ -595,10 +661,9 @@ class BulkJob(Generic[T]):
                     # of paying twice. Its place is kept a quarter of a request's time:
                     # taken at once it would collect another 429, kept longer it would
                     # leave what the server allows unused.
-                    held = min(wait, self._limit.typical_seconds / 4)
-                    await anyio.sleep(held)
+                    held = await self._hold(wait)
                 else:
-                    self._limit.took(time.monotonic() - started)
+                    self._took(time.monotonic() - started)
                     self._count(error=None, sent_with=sent_with)
                     break
             await self._rest(wait - held)

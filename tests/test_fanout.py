@@ -288,6 +288,86 @@ async def test_adaptive_can_be_switched_off(client: AsyncApiframe, server: Count
     assert set(seen) == {8}
 
 
+async def test_requests_waiting_out_a_retry_after_lend_their_places(
+    client: AsyncApiframe, server: CountingServer
+) -> None:
+    """While turned-away requests wait out `Retry-After: 1`, fresh ones are sent meanwhile.
+
+    At concurrency 8 the window is 16 places: twenty requests waiting a second each would
+    fill it, and nothing more would be sent for that second. (A fixed limit keeps the
+    requests in flight, and the turned-away ones among them, the same all along.)
+    """
+    waiting = {f"p{i}" for i in range(1, 41, 2)}
+    turned_away: set[str] = set()
+    done_at_first_rerun: list[int] = []
+
+    def fault(prompt: str) -> httpx.Response | None:
+        if prompt in turned_away:
+            if not done_at_first_rerun:
+                done_at_first_rerun.append(len(server.generated))
+            return None
+        if prompt in waiting:
+            turned_away.add(prompt)
+            return httpx.Response(429, headers={"Retry-After": "1"}, json={})
+        return None
+
+    server.fault = fault
+    pulled = read = most_ahead = 0
+
+    def source() -> Iterator[GenerateRequest]:
+        nonlocal pulled
+        for request in requests(80):
+            pulled += 1
+            yield request
+
+    async with client.generate_many(source(), concurrency=8, adaptive=False) as outcomes:
+        async for outcome in outcomes:
+            assert outcome.ok
+            read += 1
+            most_ahead = max(most_ahead, pulled - read)
+    assert done_at_first_rerun == [60], "the others were all done within that second"
+    assert set(server.generated.values()) == {1}
+    assert len(server.generated) == 80
+    assert most_ahead <= (2 + 6) * 8, "lent places stay bounded"
+
+
+async def test_before_the_first_success_a_turned_away_request_keeps_its_place(
+    api: respx.MockRouter, client: AsyncApiframe
+) -> None:
+    """A server at its limit from the first request is not sent a storm of fresh ones.
+
+    It runs 2 at once and turns the others away at once. With nothing done yet, a place
+    given up at once would be a fresh request refused within a millisecond.
+    """
+    running = refused = 0
+    refused_before_first: list[int] = []
+    generated: Counter[str] = Counter()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal running, refused
+        if running >= 2:
+            refused += 1
+            return httpx.Response(429, headers={"Retry-After": "0.5"}, json={})
+        running += 1
+        try:
+            await anyio.sleep(0.05)
+        finally:
+            running -= 1
+        if not refused_before_first:
+            refused_before_first.append(refused)
+        prompt = json.loads(request.content)["prompt"]
+        generated[prompt] += 1
+        return httpx.Response(
+            200, json={"task_id": f"task-{prompt}", "status": "finished", "image_urls": ["u"]}
+        )
+
+    api.post("/ai-photo-generate").mock(side_effect=handler)
+    async with client.generate_many(requests(12), concurrency=8) as outcomes:
+        assert all([o.ok async for o in outcomes])
+    assert refused_before_first == [6], "only the first flight's six past the limit"
+    assert generated == Counter(f"p{i}" for i in range(12))
+
+
 async def test_client_wide_limit_is_shared_by_every_entry_point(
     api: respx.MockRouter, server: CountingServer
 ) -> None:
@@ -559,10 +639,33 @@ async def test_adaptive_limit_lands_on_what_the_server_took() -> None:
     assert limit.current == 56, "later refusals of the same window change nothing"
     seen = []
     for _ in range(7):
-        for _ in range(limit.current):
-            limit.record(ok=False, overloaded=True, sent_with=33)
+        # A window at a server that runs 32 at once: the requests past 32 are refused.
+        for place in range(limit.current):
+            limit.record(ok=place < 32, overloaded=place >= 32, sent_with=place + 1)
         seen.append(limit.current)
     assert seen == [49, 42, 36, 35, 34, 33, 32], "an eighth off while the gap is clear"
+
+
+async def test_windows_mostly_turned_away_cut_an_eighth_each() -> None:
+    """A server that took nothing of a window is far under the limit: an eighth off a window.
+
+    A token bucket emptied by the first burst refuses every request sent with the limit's
+    places full, so the places tell nothing; one off a window would take 40 windows of
+    429s to come down from 64 to its rate.
+    """
+    limit = AdaptiveLimit(64, adaptive=True)
+    seen = []
+    for _ in range(8):
+        for _ in range(limit.current):
+            limit.record(ok=False, overloaded=True, sent_with=limit.current)
+        seen.append(limit.current)
+    assert seen == [55, 48, 42, 36, 31, 27, 23, 20]
+    # A window mostly taken: one off, as before.
+    for _ in range(limit.current):
+        limit.record(ok=True, overloaded=False, sent_with=limit.current)
+    assert limit.current == 21
+    limit.record(ok=False, overloaded=True, sent_with=21)
+    assert limit.current == 20
 
 
 async def test_scattered_pushback_costs_no_more_than_successes_win_back() -> None:
@@ -609,6 +712,25 @@ async def test_a_raised_ceiling_is_found_and_then_held_to() -> None:
     refused, seen = _at_a_concurrency_limit(limit, 40, 300)
     assert refused <= 8
     assert min(seen) == 40
+
+
+async def test_a_burst_that_takes_a_level_or_two_more_keeps_the_long_wait() -> None:
+    """A probe that a burst lets climb past a ceiling does not cost the wait under it.
+
+    A token bucket with a burst takes a level or two more for a few windows before it
+    turns requests away again; after coming back down, the limit waits as long as before
+    to try the refused level again, instead of probing it every few windows.
+    """
+    limit = AdaptiveLimit(64, adaptive=True)
+    _at_a_concurrency_limit(limit, 20, 300)
+    while limit.current != 21:
+        _at_a_concurrency_limit(limit, 20, 1)
+    _, climbed = _at_a_concurrency_limit(limit, 23, 3)
+    assert climbed == [22, 23, 24]
+    _, descent = _at_a_concurrency_limit(limit, 20, 4)
+    assert descent == [23, 22, 21, 20]
+    refused, seen = _at_a_concurrency_limit(limit, 20, 60)
+    assert (refused, min(seen), max(seen)) == (0, 20, 20)
 
 
 async def test_pushback_below_the_refused_level_starts_the_wait_over() -> None:
