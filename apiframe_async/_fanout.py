@@ -11,14 +11,15 @@ How the bounds hold:
 - Under pressure (429, 503) an adaptive limit lowers the requests in flight by one per
   window, straight to what the server took when it refused a request sent with more in
   flight, and grows back by one per window of successes, never above `concurrency`.
-- A request turned away (429, 503: nothing was done, nothing charged) is sent again after
-  its `Retry-After`. It keeps its place only a quarter of the time a request takes, so
-  that a free place does not turn into a storm of 429s; then it waits out the rest
-  without one, while spare workers keep the places busy. While it waits it also lends
-  its window place to a fresh pull (up to `_LENT_PER_PLACE` per place of concurrency):
-  a server that answers a burst of 429s with `Retry-After: 1` when it takes the next
-  request 10 ms later would otherwise leave the window full of waiting requests and
-  nothing to send for that second.
+- A request turned away (429, 503: nothing was done, nothing charged) is sent again
+  after its `Retry-After`, and up to a quarter of a request's time more, so that
+  requests told the same wait do not all come back at once. It keeps its place only a
+  quarter of the time a request takes, so that a free place does not turn into a storm
+  of 429s; then it waits out the rest without one, while spare workers keep the places
+  busy. While it waits it also lends its window place to a fresh pull (up to
+  `_LENT_PER_PLACE` per place of concurrency): a server that answers a burst of 429s
+  with `Retry-After: 1` when it takes the next request 10 ms later would otherwise leave
+  the window full of waiting requests and nothing to send for that second.
 - After a 401, 402 or 403 (see `_charges.dooms_the_job`) no new request is started: the
   items left end with `NotSentError`, so a doomed job pays for at most what was in flight.
 - A cancel, or a deadline that passed while the caller handled an outcome, stops the job
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -171,17 +173,20 @@ class AdaptiveLimit:
     turned-away request was sent, whichever is lower, but never by more than an eighth
     at once. A server that runs K at once turns away only requests sent with more than K
     in flight, so the limit lands on K within a few windows; a rate limit or scattered
-    429s cost one per window. A window the server mostly turned away costs an eighth:
+    429s cost one per window (a 429 to a request sent with fewer in flight than one that
+    went through since the last cut is not a ceiling: scattered 429s hit requests sent
+    with any number in flight). A window the server mostly turned away costs an eighth:
     a token bucket emptied by the first burst refuses requests sent with every place
     full, which tells nothing of its rate, and one off a window would take some forty
     windows of 429s to come down from 64. Each window of successes adds one, up to the
     ceiling, so pushback that no backing off avoids is won back as fast as it costs.
 
     A level the server keeps refusing is tried ever less often. The first refusal marks
-    its level; from the third refusal at or just above the mark (an eighth), each doubles
-    the clean windows the limit spends just under it before trying it again (up to 64):
-    every try at a true ceiling costs a 429 and its `Retry-After`, and near a job's end
-    nothing else is left to send while the refused request waits. Pushback below the
+    its level; from the third refusal at or just above the mark (an eighth, two levels
+    at least), each doubles the clean windows the limit spends just under it before
+    trying it again (up to 64): every try at a true ceiling costs a 429 and its
+    `Retry-After`, and near a job's end nothing else is left to send while the refused
+    request waits. Pushback below the
     mark is not that ceiling (scattered 429s, or a limit that came down), nor is pushback
     well above it (the server took more for a while): the mark moves there and the wait
     starts over at one window. As many clean windows at or above the mark as the wait
@@ -202,6 +207,8 @@ class AdaptiveLimit:
         self._floor = 1
         self._adaptive = adaptive
         self._successes = self._refusals = 0
+        # The most requests in flight that one sent with went through, since the last cut.
+        self._taken_with = 0
         self._since_decrease = ceiling
         self._in_use = 0
         self._typical = 0.0
@@ -261,8 +268,13 @@ class AdaptiveLimit:
             most = 2 * self._refusals > self._since_decrease
             target = self.current * 7 // 8 if most else self.current - 1
             # Places are taken a moment after they come free, so a request is often sent
-            # with one or two fewer than the limit in flight: only a clear gap is news.
-            if sent_with is not None and sent_with < self.current - self.current // 8:
+            # with one or two fewer than the limit in flight: only a clear gap is news,
+            # and none when a request sent with as many in flight went through since the
+            # limit last came down (scattered 429s, not a ceiling).
+            if (
+                sent_with is not None
+                and self._taken_with < sent_with < self.current - self.current // 8
+            ):
                 # An eighth off at most: requests reach the server in another order than
                 # they took their places, so one sent with few in flight may be refused
                 # by a server that takes many more.
@@ -271,23 +283,31 @@ class AdaptiveLimit:
             if target < self.current:
                 self._mark_refused(self.current)
                 self._since_decrease = self._successes = self._refusals = 0
+                self._taken_with = 0
                 self._set(target)
                 logger.info("server pushed back: concurrency lowered to %d", self.current)
-        elif ok and self.current < self._ceiling:
-            self._successes += 1
-            below_mark = self.current + 1 == self._refused_level
-            if self._successes >= self.current * (self._hold_windows if below_mark else 1):
-                self._successes = 0
-                if self._refused_level and self.current >= self._refused_level:
-                    self._windows_at_mark += 1
-                    if self._windows_at_mark >= max(2, self._hold_windows):
-                        self._mark(0)
-                self._set(self.current + 1)
-                logger.info("no pushback for a window: concurrency raised to %d", self.current)
+        elif ok:
+            if sent_with is not None and sent_with > self._taken_with:
+                self._taken_with = sent_with
+            if self.current < self._ceiling:
+                self._grow()
+
+    def _grow(self) -> None:
+        """One more success under a limit below the ceiling: a window of them adds one."""
+        self._successes += 1
+        below_mark = self.current + 1 == self._refused_level
+        if self._successes >= self.current * (self._hold_windows if below_mark else 1):
+            self._successes = 0
+            if self._refused_level and self.current >= self._refused_level:
+                self._windows_at_mark += 1
+                if self._windows_at_mark >= max(2, self._hold_windows):
+                    self._mark(0)
+            self._set(self.current + 1)
+            logger.info("no pushback for a window: concurrency raised to %d", self.current)
 
     def _mark_refused(self, level: int) -> None:
         mark = self._refused_level
-        if mark and mark <= level <= mark + max(3, mark // 8):
+        if mark and mark <= level <= mark + max(2, mark // 8):
             # Twice more before the wait grows: requests sent in bursts are refused at
             # any level, a few times at each, and holding back after each would ratchet
             # the limit down; a true ceiling is refused every time it is tried.
@@ -690,7 +710,15 @@ class BulkJob(Generic[T]):
         if not turned_away(error) or round_ >= self._overload_rounds:
             return None
         assert isinstance(error, APIStatusError)  # noqa: S101 -- turned away: a status
-        return self._pushback_wait(error, round_)
+        wait = self._pushback_wait(error, round_)
+        if wait is None:
+            return None
+        # Up to a quarter of a request's time more: a server that told several requests
+        # the same wait would get them back at once, and a burst past its bucket again.
+        # Refused in bunches and re-sent in bunches, they drag the limit down level by
+        # level (0.78-0.93 of a token bucket's rate with an exact Retry-After, in four
+        # runs of five; 0.97-0.99 with the spread).
+        return wait + random.uniform(0, self._limit.typical_seconds / 4)  # noqa: S311
 
     def _count(self, *, error: ApiframeError | None, sent_with: int) -> None:
         """Account for one attempt that ended."""

@@ -331,6 +331,27 @@ async def test_requests_waiting_out_a_retry_after_lend_their_places(
     assert most_ahead <= (2 + 6) * 8, "lent places stay bounded"
 
 
+async def test_re_runs_told_the_same_wait_are_spread_over_a_quarter_of_a_request() -> None:
+    """Requests refused together with one `Retry-After` are not all sent again together.
+
+    Refused in bunches and re-sent in bunches, they meet the server's bucket as a burst
+    each time; against an exact `Retry-After` the limit then came down level by level.
+    """
+
+    async def work(_request: GenerateRequest, _claim: object) -> Generation:
+        raise AssertionError  # pragma: no cover - nothing is sent
+
+    job = BulkJob(
+        [], work, concurrency=4, ordered=False, fail_fast=False, adaptive=True, on_progress=None
+    )
+    await drain(job)
+    job._limit.took(0.2)
+    refused = RateLimitError("x", status_code=429, method="POST", url="u", body="", retry_after=1)
+    waits = [job._rerun_wait(refused, 0) or 0.0 for _ in range(200)]
+    assert all(1.0 <= wait <= 1.05 for wait in waits), "never before the server's time"
+    assert max(waits) - min(waits) > 0.04
+
+
 async def test_before_the_first_success_a_turned_away_request_keeps_its_place(
     api: respx.MockRouter, client: AsyncApiframe
 ) -> None:
@@ -646,6 +667,21 @@ async def test_adaptive_limit_lands_on_what_the_server_took() -> None:
     assert seen == [49, 42, 36, 35, 34, 33, 32], "an eighth off while the gap is clear"
 
 
+async def test_a_429_sent_with_few_in_flight_is_no_ceiling_when_more_went_through() -> None:
+    """Scattered 429s hit requests sent with any number in flight: one sent with fewer than
+    a request that went through since the last cut tells of no ceiling, and costs one."""
+    limit = AdaptiveLimit(64, adaptive=True)
+    for _ in range(64):
+        limit.record(ok=True, overloaded=False, sent_with=60)
+    limit.record(ok=False, overloaded=True, sent_with=20)
+    assert limit.current == 63, "not an eighth off"
+    # Since that cut nothing sent with more than 20 went through: a ceiling again.
+    for _ in range(62):
+        limit.record(ok=True, overloaded=False, sent_with=19)
+    limit.record(ok=False, overloaded=True, sent_with=20)
+    assert limit.current == 63 * 7 // 8, "an eighth off"
+
+
 async def test_windows_mostly_turned_away_cut_an_eighth_each() -> None:
     """A server that took nothing of a window is far under the limit: an eighth off a window.
 
@@ -725,10 +761,10 @@ async def test_a_burst_that_takes_a_level_or_two_more_keeps_the_long_wait() -> N
     _at_a_concurrency_limit(limit, 20, 300)
     while limit.current != 21:
         _at_a_concurrency_limit(limit, 20, 1)
-    _, climbed = _at_a_concurrency_limit(limit, 23, 3)
-    assert climbed == [22, 23, 24]
-    _, descent = _at_a_concurrency_limit(limit, 20, 4)
-    assert descent == [23, 22, 21, 20]
+    _, climbed = _at_a_concurrency_limit(limit, 22, 2)
+    assert climbed == [22, 23]
+    _, descent = _at_a_concurrency_limit(limit, 20, 3)
+    assert descent == [22, 21, 20]
     refused, seen = _at_a_concurrency_limit(limit, 20, 60)
     assert (refused, min(seen), max(seen)) == (0, 20, 20)
 
