@@ -9,8 +9,9 @@ How the bounds hold:
   therefore never exceed the window, whatever the input's size and however slowly the
   caller reads: memory is O(concurrency), ordered or not.
 - Under pressure (429, 503) an adaptive limit lowers the requests in flight by one per
-  window, straight to what the server took when it refused a request sent with more in
-  flight, and grows back by one per window of successes, never above `concurrency`.
+  window (an eighth when the server turned most of it away), straight to what the server
+  took when it refused a request sent with more in flight, and grows back by one per
+  window of successes, never above `concurrency`.
 - A request turned away (429, 503: nothing was done, nothing charged) is sent again
   after its `Retry-After`, and up to a quarter of a request's time more, so that
   requests told the same wait do not all come back at once. It keeps its place only a
@@ -186,14 +187,13 @@ class AdaptiveLimit:
     at least), each doubles the clean windows the limit spends just under it before
     trying it again (up to 64): every try at a true ceiling costs a 429 and its
     `Retry-After`, and near a job's end nothing else is left to send while the refused
-    request waits. Pushback below the
-    mark is not that ceiling (scattered 429s, or a limit that came down), nor is pushback
-    well above it (the server took more for a while): the mark moves there and the wait
-    starts over at one window. As many clean windows at or above the mark as the wait
-    under it (two at least) show that the server takes more now, and the mark is
-    dropped: fewer would let a token bucket's burst, which takes a level or two more for
-    a second or two, wipe out a long wait. Disabled, it is a plain fixed limit of
-    `ceiling`.
+    request waits. Pushback below the mark is not that ceiling (scattered 429s, or a limit that
+    came down), nor is pushback well above it (the server took more for a while): the
+    mark moves there and the wait starts over at one window. As many clean windows at or
+    above the mark as the wait under it (two at least) show that the server takes more
+    now, and the mark is dropped: fewer would let a token bucket's burst, which takes a
+    level or two more for a second or two, wipe out a long wait. Disabled, it is a plain
+    fixed limit of `ceiling`.
     """
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
