@@ -190,10 +190,10 @@ class AdaptiveLimit:
     request waits. Pushback below the mark is not that ceiling (scattered 429s, or a limit that
     came down), nor is pushback well above it (the server took more for a while): the
     mark moves there and the wait starts over at one window. As many clean windows at or
-    above the mark as the wait under it (two at least) show that the server takes more
-    now, and the mark is dropped: fewer would let a token bucket's burst, which takes a
-    level or two more for a second or two, wipe out a long wait. Disabled, it is a plain
-    fixed limit of `ceiling`.
+    above the mark since it was last refused as the wait under it (two at least) show
+    that the server takes more now, and the mark is dropped: fewer would let a token
+    bucket's burst, which takes a level or two more for a second or two, wipe out a long
+    wait. Disabled, it is a plain fixed limit of `ceiling`.
     """
 
     def __init__(self, ceiling: int, *, adaptive: bool) -> None:
@@ -312,6 +312,7 @@ class AdaptiveLimit:
             # any level, a few times at each, and holding back after each would ratchet
             # the limit down; a true ceiling is refused every time it is tried.
             self._refusals_at_mark += 1
+            self._windows_at_mark = 0  # refused again: the clean windows so far were luck
             if self._refusals_at_mark >= _REFUSALS_BEFORE_HOLD:
                 self._hold_windows = min(2 * self._hold_windows, _LONGEST_HOLD)
         else:
@@ -604,13 +605,20 @@ class BulkJob(Generic[T]):
             held = min(wait, typical / 4)
             await anyio.sleep(held)
             return held
-        start = time.monotonic()
+        # On the event loop's clock, the one the wait and the rest after it run on.
+        start = anyio.current_time()
         with anyio.move_on_after(wait):
             await self._taken.wait()
-        return min(wait, time.monotonic() - start)
+        return min(wait, anyio.current_time() - start)
 
-    def _took(self, seconds: float) -> None:
-        """Learn how long a success took; the job's first ends the holds of `_hold`."""
+    def _took(self, result: object, seconds: float) -> None:
+        """Learn how long a success took; the job's first ends the holds of `_hold`.
+
+        Not from a journal's replay: it took no time at the server, and a typical time
+        near zero would have a turned-away request give up its place at once.
+        """
+        if isinstance(result, Replay):
+            return
         if not self._limit.typical_seconds:
             self._taken.set()
         self._limit.took(seconds)
@@ -683,7 +691,7 @@ class BulkJob(Generic[T]):
                     # leave what the server allows unused.
                     held = await self._hold(wait)
                 else:
-                    self._took(time.monotonic() - started)
+                    self._took(result, time.monotonic() - started)
                     self._count(error=None, sent_with=sent_with)
                     break
             await self._rest(wait - held)

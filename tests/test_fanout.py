@@ -28,7 +28,7 @@ from apiframe_async import (
     RequestValidationError,
     ServerError,
 )
-from apiframe_async._fanout import AdaptiveLimit, BulkJob
+from apiframe_async._fanout import AdaptiveLimit, BulkJob, Replay
 
 pytestmark = pytest.mark.anyio
 
@@ -350,6 +350,28 @@ async def test_re_runs_told_the_same_wait_are_spread_over_a_quarter_of_a_request
     waits = [job._rerun_wait(refused, 0) or 0.0 for _ in range(200)]
     assert all(1.0 <= wait <= 1.05 for wait in waits), "never before the server's time"
     assert max(waits) - min(waits) > 0.04
+
+
+async def test_a_replayed_result_teaches_no_request_time() -> None:
+    """A journal's replay took no time at the server: it is not the job's first success.
+
+    Learned as one, a typical time near zero has a turned-away request give up its place
+    at once, and the job's first second turns into a storm of 429s.
+    """
+
+    async def work(_request: GenerateRequest, _claim: object) -> Generation:
+        raise AssertionError  # pragma: no cover - nothing is sent
+
+    job = BulkJob(
+        [], work, concurrency=4, ordered=False, fail_fast=False, adaptive=True, on_progress=None
+    )
+    await drain(job)
+    job._took(Replay(result=None), 0.0)
+    assert job._limit.typical_seconds == 0.0
+    assert not job._taken.is_set()
+    job._took(None, 0.2)
+    assert job._limit.typical_seconds == 0.2
+    assert job._taken.is_set()
 
 
 async def test_before_the_first_success_a_turned_away_request_keeps_its_place(
@@ -767,6 +789,22 @@ async def test_a_burst_that_takes_a_level_or_two_more_keeps_the_long_wait() -> N
     assert descent == [22, 21, 20]
     refused, seen = _at_a_concurrency_limit(limit, 20, 60)
     assert (refused, min(seen), max(seen)) == (0, 20, 20)
+
+
+async def test_a_ceiling_refused_after_lucky_windows_keeps_its_long_wait() -> None:
+    """Clean windows at a ceiling that is refused again after each do not add up to a drop.
+
+    A bucket's burst may let a probe of the refused level through for a window; counted
+    across probes, 64 such windows dropped the mark at a true ceiling, and its wait with it.
+    """
+    limit = AdaptiveLimit(64, adaptive=True)
+    _at_a_concurrency_limit(limit, 20, 300)
+    for _ in range(80):
+        while limit.current != 21:
+            _at_a_concurrency_limit(limit, 20, 1)
+        _at_a_concurrency_limit(limit, 21, 1)  # one window at the mark goes through
+        _at_a_concurrency_limit(limit, 20, 2)  # then it is refused again
+    assert (limit._refused_level, limit._hold_windows) == (21, 64)
 
 
 async def test_pushback_below_the_refused_level_starts_the_wait_over() -> None:
