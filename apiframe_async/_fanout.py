@@ -187,9 +187,9 @@ class AdaptiveLimit:
     at least), each doubles the clean windows the limit spends just under it before
     trying it again (up to 64): every try at a true ceiling costs a 429 and its
     `Retry-After`, and near a job's end nothing else is left to send while the refused
-    request waits. Pushback below the mark is not that ceiling (scattered 429s, or a limit that
-    came down), nor is pushback well above it (the server took more for a while): the
-    mark moves there and the wait starts over at one window. As many clean windows at or
+    request waits. Pushback below the mark is not that ceiling (scattered 429s, or a
+    limit that came down), nor is pushback well above it (the server took more for a
+    while): the mark moves there and the wait starts over at one window. As many clean windows at or
     above the mark since it was last refused as the wait under it (two at least) show
     that the server takes more now, and the mark is dropped: fewer would let a token
     bucket's burst, which takes a level or two more for a second or two, wipe out a long
