@@ -23,9 +23,15 @@ How the bounds hold:
   the window full of waiting requests and nothing to send for that second.
 - After a 401, 402 or 403 (see `_charges.dooms_the_job`) no new request is started: the
   items left end with `NotSentError`, so a doomed job pays for at most what was in flight.
-- A cancel, or a deadline that passed while the caller handled an outcome, stops the job
-  at its next read, before that read frees a place: each read first takes a trip through
-  the scheduler that lets the cancel land (see `_after_due_timers` for asyncio's).
+- A cancel, or a deadline that passed while the caller handled an outcome, frees no
+  place: the places of outcomes handed over are given back only after a trip through the
+  scheduler that lets such a cancel land (see `_after_due_timers` for asyncio's). On
+  asyncio that trip is two passes of the loop, a fifth of the CPU of a request when the
+  reader is the only task ready, so the reads take it once every concurrency / 4 reads,
+  and besides only when the reader's own cancel scopes are cancelled or past their
+  deadline, which stops the job at that read. A cancel from outside anyio's scopes
+  (`asyncio.timeout()`, `wait_for()`, a watchdog task) lands at the next trip, or the
+  one after, having handed over a few more outcomes, all paid for already.
 """
 
 from __future__ import annotations
@@ -461,6 +467,11 @@ class BulkJob(Generic[T]):
         # lent and not yet taken back (`_window_debt`) stay under `_most_lent`.
         self._window = anyio.Semaphore(2 * concurrency, fast_acquire=True)
         self._lent = self._window_debt = 0
+        # Places of outcomes handed over (or skipped), given back at the next trip. Up to
+        # a quarter of concurrency: with at most concurrency in flight, the workers never
+        # wait for them unless the caller reads slower than they send.
+        self._owed = 0
+        self._most_owed = max(1, concurrency // 4)
         self._most_lent = _LENT_PER_PLACE * concurrency
         self._send, self._receive = anyio.create_memory_object_stream[Outcome[T] | _Skipped](
             math.inf
@@ -522,20 +533,34 @@ class BulkJob(Generic[T]):
         """The next outcome: in completion order, or in input order if `ordered`."""
         while True:
             outcome = await (self._next_in_order() if self._ordered else self._next_received())
-            self._free_place()
+            self._owed += 1
             if isinstance(outcome, Outcome):
                 break
         if self._fail_fast and outcome.error is not None:
             raise outcome.error
         return outcome
 
+    async def _checkpoint(self) -> None:
+        """A read's checkpoint; after a trip, the places of outcomes read are given back.
+
+        A place given back wakes a worker that sends another paid request: only after a
+        trip, which lets a cancel or a deadline that passed while the caller handled what
+        it read land first. The trip is taken every `_most_owed` reads, or at once when
+        the reader's cancel scopes are cancelled or past their deadline, which it raises.
+        """
+        if (
+            self._owed >= self._most_owed
+            or anyio.current_effective_deadline() <= anyio.current_time()
+        ):
+            await self._trip()
+            for _ in range(self._owed):
+                self._free_place()
+            self._owed = 0
+
     async def _next_received(self) -> Outcome[T] | _Skipped:
-        # A trip through the scheduler before each take, even when an outcome is waiting:
-        # a cancel, or a deadline that passed meanwhile, stops the job there, before the
-        # read frees a place and wakes a worker that would send another paid request.
         try:
             while True:
-                await self._trip()
+                await self._checkpoint()
                 try:
                     return self._receive.receive_nowait()
                 except anyio.WouldBlock:

@@ -464,14 +464,16 @@ async def test_cancel_from_outside_leaves_the_client_usable(
     assert all(o.ok for o in again)
 
 
+@pytest.mark.parametrize("concurrency", [4, 16])
 async def test_a_cancelled_caller_stops_at_the_next_outcome_even_if_some_are_waiting(
-    client: AsyncApiframe,
+    client: AsyncApiframe, concurrency: int
 ) -> None:
-    """A read after a cancel stops the job, even with outcomes already back."""
+    """A read after a cancel stops the job, even with outcomes already back: also where
+    reads take their trip through the scheduler only now and then (16)."""
     items = ({"prompt": "no training id"} for _ in range(100))
     seen = 0
     with anyio.CancelScope() as scope:
-        async with client.generate_many(items, concurrency=4) as outcomes:
+        async with client.generate_many(items, concurrency=concurrency) as outcomes:
             async for _ in outcomes:
                 seen += 1
                 scope.cancel()
@@ -480,23 +482,29 @@ async def test_a_cancelled_caller_stops_at_the_next_outcome_even_if_some_are_wai
 
 
 @pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("concurrency", [2, 16])
 async def test_a_cancel_caught_around_one_read_loses_no_outcome_and_no_place(
-    client: AsyncApiframe, server: CountingServer, ordered: bool
+    client: AsyncApiframe, server: CountingServer, ordered: bool, concurrency: int
 ) -> None:
     """A read cancelled at its trip (a scope whose time is already up) takes nothing: the
     caller reads on and gets every outcome, in order if asked; no place of the window is
-    lost, so the job does not stall."""
-    async with client.generate_many(requests(20), concurrency=2, ordered=ordered) as outcomes:
+    lost, so the job does not stall. At 16, with reads in between that hand over
+    outcomes and owe their places: those too come back."""
+    n = 10 * concurrency
+    async with client.generate_many(
+        requests(n), concurrency=concurrency, ordered=ordered
+    ) as outcomes:
+        seen = [(await anext(outcomes)).index for _ in range(concurrency // 4)]
         await anyio.sleep(0.2)  # the window fills
-        for _ in range(4):  # as many as the window holds
+        for _ in range(2 * concurrency):  # as many as the window holds
             with anyio.CancelScope(deadline=anyio.current_time() - 1) as scope:
                 await anext(outcomes)
             assert scope.cancelled_caught
         with anyio.fail_after(5):
-            seen = [o.index async for o in outcomes]
+            seen += [o.index async for o in outcomes]
         assert outcomes.take_received() == []
-    assert seen == list(range(20)) if ordered else sorted(seen) == list(range(20))
-    assert sum(server.generated.values()) == 20
+    assert seen == list(range(n)) if ordered else sorted(seen) == list(range(n))
+    assert sum(server.generated.values()) == n
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
