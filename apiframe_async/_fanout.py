@@ -24,14 +24,12 @@ How the bounds hold:
 - After a 401, 402 or 403 (see `_charges.dooms_the_job`) no new request is started: the
   items left end with `NotSentError`, so a doomed job pays for at most what was in flight.
 - A cancel, or a deadline that passed while the caller handled an outcome, frees no
-  place: the places of outcomes handed over are given back only after a trip through the
-  scheduler that lets such a cancel land (see `_after_due_timers` for asyncio's). On
-  asyncio that trip is two passes of the loop, a fifth of the CPU of a request when the
-  reader is the only task ready, so the reads take it once every concurrency / 4 reads,
-  and besides only when the reader's own cancel scopes are cancelled or past their
-  deadline, which stops the job at that read. A cancel from outside anyio's scopes
-  (`asyncio.timeout()`, `wait_for()`, a watchdog task) lands at the next trip, or the
-  one after, having handed over a few more outcomes, all paid for already.
+  place: the places of outcomes read go back only after a trip through the scheduler
+  that lets such a cancel land (`BulkJob._checkpoint`; `_after_due_timers` for asyncio's).
+  The trip is two passes of the loop on asyncio, a fifth of a request's CPU when the
+  reader is the only task ready, so it is taken once every concurrency / 4 reads; a
+  cancel that the reader cannot see in its own scopes may hand over a few more outcomes
+  first, all already paid for.
 """
 
 from __future__ import annotations
@@ -405,7 +403,9 @@ async def _after_due_timers() -> None:
     deadlines), and the pass after it lets what they wake act too: a task's `cancel()` of
     a watchdog whose sleep ended, `wait_for()`'s (Python 3.11 cancels from the waiting
     task), `asyncio.TaskGroup`'s when a sibling fails (its done-callback). A cancel that
-    comes further down such a chain can still let one more paid request out.
+    comes further down such a chain lands at a later trip: with a trip a read (under 8 in
+    flight) one more paid request may go out first; with a trip every few reads, places
+    wait a trip more, and a cancel a trip late lets none out (see `BulkJob._checkpoint`).
     """
     await asyncio.sleep(_NOW)
     await asyncio.sleep(0)
@@ -467,10 +467,10 @@ class BulkJob(Generic[T]):
         # lent and not yet taken back (`_window_debt`) stay under `_most_lent`.
         self._window = anyio.Semaphore(2 * concurrency, fast_acquire=True)
         self._lent = self._window_debt = 0
-        # Places of outcomes handed over (or skipped), given back at the next trip. Up to
-        # a quarter of concurrency: with at most concurrency in flight, the workers never
-        # wait for them unless the caller reads slower than they send.
-        self._owed = 0
+        # Places of outcomes handed over (or skipped) since the last trip, and before it:
+        # see `_checkpoint`. Half of concurrency at most, so with at most concurrency in
+        # flight the workers wait for them only when the caller reads slower than they send.
+        self._owed = self._owed_before = 0
         self._most_owed = max(1, concurrency // 4)
         self._most_lent = _LENT_PER_PLACE * concurrency
         self._send, self._receive = anyio.create_memory_object_stream[Outcome[T] | _Skipped](
@@ -532,6 +532,7 @@ class BulkJob(Generic[T]):
     async def __anext__(self) -> Outcome[T]:
         """The next outcome: in completion order, or in input order if `ordered`."""
         while True:
+            await self._checkpoint()
             outcome = await (self._next_in_order() if self._ordered else self._next_received())
             self._owed += 1
             if isinstance(outcome, Outcome):
@@ -541,26 +542,33 @@ class BulkJob(Generic[T]):
         return outcome
 
     async def _checkpoint(self) -> None:
-        """A read's checkpoint; after a trip, the places of outcomes read are given back.
+        """A read's trip through the scheduler, when due; places go back only after one.
 
-        A place given back wakes a worker that sends another paid request: only after a
-        trip, which lets a cancel or a deadline that passed while the caller handled what
-        it read land first. The trip is taken every `_most_owed` reads, or at once when
-        the reader's cancel scopes are cancelled or past their deadline, which it raises.
+        Due every `_most_owed` reads, and at once when the reader's own scopes are
+        cancelled or past their deadline (the trip raises then). A place given back wakes
+        a worker that sends another paid request, so it waits for a trip that lets a
+        cancel, or a deadline that passed while the caller handled an outcome, land first.
+        With more than one read a trip, places go back a trip later still: a cancel that
+        comes a trip late (another task's, woken by what the first let run) then lands
+        before them, where giving all of them back at the first would let that many paid
+        requests out.
         """
         if (
-            self._owed >= self._most_owed
-            or anyio.current_effective_deadline() <= anyio.current_time()
+            self._owed < self._most_owed
+            and anyio.current_effective_deadline() > anyio.current_time()
         ):
-            await self._trip()
-            for _ in range(self._owed):
-                self._free_place()
-            self._owed = 0
+            return
+        await self._trip()
+        if self._most_owed == 1:  # a trip a read: each gives back the place of the one before
+            given, self._owed = self._owed, 0
+        else:
+            given, self._owed_before, self._owed = self._owed_before, self._owed, 0
+        for _ in range(given):
+            self._free_place()
 
     async def _next_received(self) -> Outcome[T] | _Skipped:
         try:
             while True:
-                await self._checkpoint()
                 try:
                     return self._receive.receive_nowait()
                 except anyio.WouldBlock:

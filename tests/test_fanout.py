@@ -507,6 +507,37 @@ async def test_a_cancel_caught_around_one_read_loses_no_outcome_and_no_place(
     assert sum(server.generated.values()) == n
 
 
+async def test_an_ordered_job_reading_what_waited_for_its_turn_keeps_sending() -> None:
+    """Outcomes read from the reorder buffer give their places back too: after a slow
+    first item, the workers send on while the caller reads the outcomes that waited."""
+    sent: list[int] = []
+
+    async def work(request: GenerateRequest, _claim: object) -> str:
+        index = int(request.prompt[1:])
+        sent.append(index)
+        await anyio.sleep(0.3 if index == 0 else 0.01)
+        return "photo"
+
+    job: BulkJob[str] = BulkJob(
+        requests(100),
+        work,
+        concurrency=16,
+        ordered=True,
+        fail_fast=False,
+        adaptive=False,
+        on_progress=None,
+    )
+    async with job as outcomes:
+        assert (await anext(outcomes)).index == 0
+        assert len(sent) == 32  # the window: item 0's place, and 31 waiting behind it
+        for expected in range(1, 17):  # half of what waited, read slowly
+            assert (await anext(outcomes)).index == expected
+            await anyio.sleep(0.01)
+        # Places went back at the trips among those reads, and more was sent meanwhile.
+        assert len(sent) > 32
+        assert [o.index async for o in outcomes] == list(range(17, 100))
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_an_outcome_that_arrives_as_the_waiting_caller_is_cancelled_is_kept() -> None:
     """The caller waits for an outcome; in one pass of the loop a worker's reply comes and,
